@@ -1,0 +1,159 @@
+"""``instrument()``: the composition root that wraps an existing ASGI app."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mlmiddleware._lifespan import LifespanMiddleware
+from mlmiddleware._stack import StackBuilder, ToolkitRouter
+from mlmiddleware._types import ASGIApp
+from mlmiddleware.jsonlog import configure_logging, is_configured
+from mlmiddleware.middleware.access_log import AccessLogMiddleware
+from mlmiddleware.middleware.body_limit import BodySizeLimitMiddleware
+from mlmiddleware.middleware.context import RequestContextMiddleware
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["instrument"]
+
+logger = logging.getLogger("mlmiddleware.instrument")
+
+
+def instrument(
+    app: ASGIApp,
+    *,
+    service: str | None = None,
+    model_version: str | None = None,
+    json_logs: bool = True,
+    log_level: str = "INFO",
+    request_id_header: str = "X-Request-ID",
+    max_body_bytes: int | None = 10 * 2**20,
+    access_log: bool = True,
+    access_log_exclude: Iterable[str] | None = None,
+    metrics: bool = True,
+    metrics_path: str = "/metrics",
+    registry: CollectorRegistry | None = None,
+    health: Any = True,
+    health_paths: Any = None,
+    feedback: Any = None,
+    feedback_path: str = "/feedback",
+    batchers: Sequence[Any] = (),
+) -> ASGIApp:
+    """Wrap ``app`` with the toolkit's middleware stack and mount the toolkit's routes.
+
+    The returned ASGI app runs, from the outside in: lifespan hooks, request context,
+    access log, Prometheus metrics, body size limit, the toolkit's own routes
+    (``/metrics``, the health probes, ``/feedback``), then ``app`` itself. ``app`` can
+    be a Starlette app, a FastAPI app or a bare ASGI callable; its routes are not
+    touched. Every argument after ``app`` is keyword-only, so new options never break
+    existing callers.
+
+    ``health`` is ``True`` for a fresh ``HealthChecks``, a ``HealthChecks`` of your own,
+    or ``False`` for no probe routes. ``batchers`` are started, warmed up, watched by
+    the probes and drained with the app's lifespan.
+    """
+    _check_options(
+        max_body_bytes=max_body_bytes, metrics_path=metrics_path, feedback_path=feedback_path
+    )
+    if json_logs and not is_configured():
+        configure_logging(log_level, service=service)
+
+    builder = StackBuilder(
+        app=app,
+        service=service,
+        model_version=model_version or os.environ.get("MODEL_VERSION") or None,
+        registry=registry,
+    )
+    _wire_capabilities(
+        builder,
+        metrics=metrics,
+        metrics_path=metrics_path,
+        health=health,
+        health_paths=health_paths,
+        feedback=feedback,
+        feedback_path=feedback_path,
+        batchers=batchers,
+    )
+    return _assemble(
+        builder,
+        request_id_header=request_id_header,
+        max_body_bytes=max_body_bytes,
+        access_log=access_log,
+        access_log_exclude=access_log_exclude,
+    )
+
+
+def _check_options(*, max_body_bytes: int | None, metrics_path: str, feedback_path: str) -> None:
+    if max_body_bytes is not None and (not isinstance(max_body_bytes, int) or max_body_bytes < 0):
+        raise ValueError(
+            f"invalid max_body_bytes={max_body_bytes!r}: use a byte count >= 0 or None"
+        )
+    for name, path in (("metrics_path", metrics_path), ("feedback_path", feedback_path)):
+        if not path.startswith("/"):
+            raise ValueError(f"invalid {name}={path!r}: it must start with '/'")
+
+
+def _wire_capabilities(
+    builder: StackBuilder,
+    *,
+    metrics: bool,
+    metrics_path: str,
+    health: Any,
+    health_paths: Any,
+    feedback: Any,
+    feedback_path: str,
+    batchers: Sequence[Any],
+) -> None:
+    # Health first, so that metrics, batchers and feedback can register checks with it.
+    if health is not False and health is not None:
+        from mlmiddleware.health._wiring import wire_health
+
+        wire_health(builder, health, paths=health_paths)
+
+    if metrics:
+        from mlmiddleware.metrics._wiring import wire_metrics
+
+        wire_metrics(builder, path=metrics_path)
+
+    if batchers:
+        from mlmiddleware.batching._wiring import wire_batchers
+
+        wire_batchers(builder, list(batchers))
+
+    if feedback is not None:
+        from mlmiddleware.feedback._wiring import wire_feedback
+
+        wire_feedback(builder, feedback, path=feedback_path)
+
+
+def _assemble(
+    builder: StackBuilder,
+    *,
+    request_id_header: str,
+    max_body_bytes: int | None,
+    access_log: bool,
+    access_log_exclude: Iterable[str] | None,
+) -> ASGIApp:
+    resolver = builder.resolver()
+    quiet = frozenset(builder.quiet_paths if access_log_exclude is None else access_log_exclude)
+
+    wrapped: ASGIApp = ToolkitRouter(builder.app, routes=builder.routes)
+    if max_body_bytes is not None:
+        wrapped = BodySizeLimitMiddleware(wrapped, max_body_bytes=max_body_bytes)
+    if builder.metrics_layer is not None:
+        wrapped = builder.metrics_layer(wrapped)
+    if access_log:
+        wrapped = AccessLogMiddleware(wrapped, exclude_paths=quiet, route_resolver=resolver)
+    wrapped = RequestContextMiddleware(
+        wrapped, header_name=request_id_header, response_headers=builder.response_headers
+    )
+    return LifespanMiddleware(
+        wrapped,
+        lifecycle=builder.lifecycle,
+        startup_hooks=builder.startup_hooks,
+        shutdown_hooks=builder.shutdown_hooks,
+    )

@@ -1,0 +1,7 @@
+"""Pure ASGI middleware, one class per module."""
+
+from mlmiddleware.middleware.access_log import AccessLogMiddleware
+from mlmiddleware.middleware.body_limit import BodySizeLimitMiddleware
+from mlmiddleware.middleware.context import RequestContextMiddleware
+
+__all__ = ["AccessLogMiddleware", "BodySizeLimitMiddleware", "RequestContextMiddleware"]

@@ -7,6 +7,7 @@ feedback capture and batcher lifecycle management.
 
 from mlmiddleware._context import RequestContext, get_request_context, get_request_id
 from mlmiddleware._lifecycle import begin_shutdown, is_shutting_down
+from mlmiddleware.health import HealthChecks, HealthPaths
 from mlmiddleware.instrument import instrument
 from mlmiddleware.jsonlog import JsonFormatter, JsonHandler, configure_logging
 from mlmiddleware.middleware.access_log import AccessLogMiddleware
@@ -16,6 +17,8 @@ from mlmiddleware.middleware.context import RequestContextMiddleware
 __all__ = [
     "AccessLogMiddleware",
     "BodySizeLimitMiddleware",
+    "HealthChecks",
+    "HealthPaths",
     "JsonFormatter",
     "JsonHandler",
     "RequestContext",

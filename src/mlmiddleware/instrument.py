@@ -10,13 +10,20 @@ from typing import TYPE_CHECKING, Any
 from mlmiddleware._lifespan import LifespanMiddleware
 from mlmiddleware._stack import StackBuilder, ToolkitRouter
 from mlmiddleware._types import ASGIApp
-from mlmiddleware.jsonlog import configure_logging, is_configured
+from mlmiddleware.jsonlog import (
+    add_static_fields,
+    adopt_third_party_loggers,
+    configure_logging,
+    is_configured,
+)
 from mlmiddleware.middleware.access_log import AccessLogMiddleware
 from mlmiddleware.middleware.body_limit import BodySizeLimitMiddleware
 from mlmiddleware.middleware.context import RequestContextMiddleware
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from mlmiddleware.health import HealthChecks, HealthPaths
 
 __all__ = ["instrument"]
 
@@ -37,8 +44,8 @@ def instrument(
     metrics: bool = True,
     metrics_path: str = "/metrics",
     registry: CollectorRegistry | None = None,
-    health: Any = True,
-    health_paths: Any = None,
+    health: bool | HealthChecks = True,
+    health_paths: HealthPaths | None = None,
     feedback: Any = None,
     feedback_path: str = "/feedback",
     batchers: Sequence[Any] = (),
@@ -68,6 +75,10 @@ def instrument(
         model_version=model_version or os.environ.get("MODEL_VERSION") or None,
         registry=registry,
     )
+    if is_configured():
+        if builder.model_version is not None:
+            add_static_fields({"model_version": builder.model_version})
+        builder.startup_hooks.append(_adopt_loggers)
     _wire_capabilities(
         builder,
         metrics=metrics,
@@ -87,6 +98,11 @@ def instrument(
     )
 
 
+async def _adopt_loggers() -> None:
+    # uvicorn may have applied its own logging config after configure_logging() ran.
+    adopt_third_party_loggers()
+
+
 def _check_options(*, max_body_bytes: int | None, metrics_path: str, feedback_path: str) -> None:
     if max_body_bytes is not None and (not isinstance(max_body_bytes, int) or max_body_bytes < 0):
         raise ValueError(
@@ -102,8 +118,8 @@ def _wire_capabilities(
     *,
     metrics: bool,
     metrics_path: str,
-    health: Any,
-    health_paths: Any,
+    health: bool | HealthChecks,
+    health_paths: HealthPaths | None,
     feedback: Any,
     feedback_path: str,
     batchers: Sequence[Any],

@@ -24,6 +24,7 @@ __all__ = [
     "JsonFormatter",
     "JsonHandler",
     "add_static_fields",
+    "adopt_third_party_loggers",
     "configure_logging",
     "is_configured",
 ]
@@ -124,10 +125,13 @@ class JsonFormatter(logging.Formatter):
         # A set difference runs in C; most records have no extra keys at all.
         extra_keys = attributes.keys() - _RECORD_ATTRS
         if extra_keys:
-            for key in attributes:
-                if key in extra_keys:
-                    taken = key in fields or key in _RESERVED_FIELDS
-                    fields[EXTRA_PREFIX + key if taken else key] = attributes[key]
+            if extra_keys.isdisjoint(fields) and extra_keys.isdisjoint(_RESERVED_FIELDS):
+                fields.update({key: attributes[key] for key in attributes if key in extra_keys})
+            else:
+                for key in attributes:
+                    if key in extra_keys:
+                        taken = key in fields or key in _RESERVED_FIELDS
+                        fields[EXTRA_PREFIX + key if taken else key] = attributes[key]
 
         if record.exc_info and record.exc_info[0] is not None:
             self._add_exception(fields, record)

@@ -72,4 +72,6 @@ app_routes = [
     Mount("/api/v1", app=inner),
 ]
 
-app = mlmiddleware.instrument(Starlette(routes=app_routes), service="foundation-test")
+app = mlmiddleware.instrument(
+    Starlette(routes=app_routes), service="foundation-test", model_version="test-v1"
+)

@@ -168,3 +168,10 @@ def test_handler_log_carries_request_id(server: ServerProcess) -> None:
         lambda r: r["message"] == "hello handler" and r.get("request_id") == request_id
     )
     assert record["logger"] == "tests.app"
+
+
+def test_records_carry_model_version(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.base_url}/hello")
+    record = access_record_for(server, response.headers["x-request-id"])
+
+    assert record["model_version"] == "test-v1"

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from mlmiddleware._logrecord import RecordMaker
 from mlmiddleware._routes import RouteResolver
 from mlmiddleware._types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,6 +45,7 @@ class AccessLogMiddleware:
         self.app = app
         self.exclude_paths = frozenset(exclude_paths)
         self.logger = logging.getLogger(logger_name)
+        self._records = RecordMaker(self.logger, "http.request", source=__file__)
         self.resolver = route_resolver or RouteResolver(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,12 +138,11 @@ class AccessLogMiddleware:
             "user_agent": _user_agent_of(scope),
         }
         level = logging.ERROR if status >= 500 else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+
         exc_info = None if exc is None else (type(exc), exc, exc.__traceback__)
-        # makeRecord + handle skips Logger.log's caller lookup, which walks the stack.
-        record = self.logger.makeRecord(
-            self.logger.name, level, __file__, 0, "http.request", (), exc_info, extra=fields
-        )
-        self.logger.handle(record)
+        self.logger.handle(self._records.make(level, fields, exc_info))
 
 
 def _relative_path(scope: Scope) -> str:

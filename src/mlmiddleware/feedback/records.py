@@ -97,8 +97,8 @@ def feedback_record(
 ) -> dict[str, Any]:
     """Build a ``feedback`` record from a validated client item.
 
-    ``item["request_id"]`` names the earlier prediction; ``feedback_request_id`` is the id
-    of the request that carried the feedback itself.
+    ``item["request_id"]`` names the earlier prediction, and ``feedback_request_id`` is
+    the id of the request that carried the feedback itself.
     """
     record: dict[str, Any] = {
         "id": new_record_id(),

@@ -7,6 +7,7 @@ feedback capture and batcher lifecycle management.
 
 from mlmiddleware._context import RequestContext, get_request_context, get_request_id
 from mlmiddleware._lifecycle import begin_shutdown, is_shutting_down
+from mlmiddleware.feedback import CallableFeedbackSink, JsonlFeedbackSink, LoggingFeedbackSink
 from mlmiddleware.health import HealthChecks, HealthPaths
 from mlmiddleware.instrument import instrument
 from mlmiddleware.jsonlog import JsonFormatter, JsonHandler, configure_logging
@@ -17,10 +18,13 @@ from mlmiddleware.middleware.context import RequestContextMiddleware
 __all__ = [
     "AccessLogMiddleware",
     "BodySizeLimitMiddleware",
+    "CallableFeedbackSink",
     "HealthChecks",
     "HealthPaths",
     "JsonFormatter",
     "JsonHandler",
+    "JsonlFeedbackSink",
+    "LoggingFeedbackSink",
     "RequestContext",
     "RequestContextMiddleware",
     "begin_shutdown",

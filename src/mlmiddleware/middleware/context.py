@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import re
 import random
+import re
 from collections.abc import Iterable
 
 from mlmiddleware._context import RequestContext, current_request_context

@@ -131,9 +131,7 @@ def _match(routes: Sequence[BaseRoute], scope: Scope, prefix: str) -> str | None
     return partial
 
 
-def _template_of(
-    route: BaseRoute, scope: Scope, child_scope: Scope, prefix: str
-) -> str:
+def _template_of(route: BaseRoute, scope: Scope, child_scope: Scope, prefix: str) -> str:
     if isinstance(route, Mount | Host):
         own = route.path if isinstance(route, Mount) else ""
         sub_routes = route.routes

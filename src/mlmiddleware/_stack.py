@@ -46,6 +46,7 @@ class StackBuilder:
     startup_hooks: list[LifespanHook] = field(default_factory=list)
     # Run in order when lifespan shutdown begins, before the app's own shutdown.
     shutdown_hooks: list[LifespanHook] = field(default_factory=list)
+    _resolver: RouteResolver | None = field(default=None, repr=False)
 
     def add_route(self, path: str, app: ASGIApp, *, quiet: bool = False) -> None:
         """Serve ``app`` at the exact ``path`` in front of the wrapped app."""
@@ -60,8 +61,14 @@ class StackBuilder:
             self.quiet_paths.add(path)
 
     def resolver(self) -> RouteResolver:
-        """Build the route resolver shared by the access log and the metrics middleware."""
-        return RouteResolver(self.app, extra_paths=self.routes)
+        """Return the route resolver shared by the access log and the metrics middleware.
+
+        Built on first use, which ``instrument()`` makes sure comes after every capability
+        has added its routes.
+        """
+        if self._resolver is None:
+            self._resolver = RouteResolver(self.app, extra_paths=self.routes)
+        return self._resolver
 
 
 class ToolkitRouter:

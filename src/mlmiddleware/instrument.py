@@ -75,6 +75,8 @@ def instrument(
         model_version=model_version or os.environ.get("MODEL_VERSION") or None,
         registry=registry,
     )
+    if builder.model_version is not None:
+        builder.response_headers.append((b"x-model-version", _header_value(builder.model_version)))
     if is_configured():
         if builder.model_version is not None:
             add_static_fields({"model_version": builder.model_version})
@@ -101,6 +103,15 @@ def instrument(
 async def _adopt_loggers() -> None:
     # uvicorn may have applied its own logging config after configure_logging() ran.
     adopt_third_party_loggers()
+
+
+def _header_value(version: str) -> bytes:
+    if not version.isprintable() or not version.isascii():
+        raise ValueError(
+            f"invalid model_version={version!r}: it goes into the X-Model-Version header, "
+            "so use printable ASCII only"
+        )
+    return version.encode("ascii")
 
 
 def _check_options(*, max_body_bytes: int | None, metrics_path: str, feedback_path: str) -> None:

@@ -3,5 +3,11 @@
 from mlmiddleware.middleware.access_log import AccessLogMiddleware
 from mlmiddleware.middleware.body_limit import BodySizeLimitMiddleware
 from mlmiddleware.middleware.context import RequestContextMiddleware
+from mlmiddleware.middleware.prometheus import PrometheusMiddleware
 
-__all__ = ["AccessLogMiddleware", "BodySizeLimitMiddleware", "RequestContextMiddleware"]
+__all__ = [
+    "AccessLogMiddleware",
+    "BodySizeLimitMiddleware",
+    "PrometheusMiddleware",
+    "RequestContextMiddleware",
+]

@@ -1,0 +1,156 @@
+"""The HTTP metric families, created once per ``CollectorRegistry``.
+
+Several apps, tests and middleware instances in one process share the families of a
+registry instead of registering them again, which would raise "Duplicated timeseries".
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "DEFAULT_DURATION_BUCKETS",
+    "DEFAULT_SIZE_BUCKETS",
+    "HTTP_LABELS",
+    "HTTP_STATUS_LABELS",
+    "HttpMetrics",
+    "http_metrics",
+]
+
+# Seconds from 5 ms (a small model on CPU) to 60 s (a long generation or a large batch).
+DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+# Bytes, in powers of 4 from 64 B to 64 MiB: a short JSON request up to an image batch.
+DEFAULT_SIZE_BUCKETS: tuple[float, ...] = tuple(float(4**exponent) for exponent in range(3, 14))
+
+HTTP_LABELS = ("method", "route")
+HTTP_STATUS_LABELS = ("method", "route", "status")
+
+
+@dataclass(frozen=True)
+class HttpMetrics:
+    """The metric families that ``PrometheusMiddleware`` updates."""
+
+    requests: Counter
+    duration: Histogram
+    in_progress: Gauge
+    request_size: Histogram
+    response_size: Histogram
+    duration_buckets: tuple[float, ...]
+    size_buckets: tuple[float, ...]
+
+
+_lock = threading.Lock()
+_families: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = weakref.WeakKeyDictionary()
+
+
+def http_metrics(
+    registry: CollectorRegistry | None = None,
+    *,
+    duration_buckets: Sequence[float] = DEFAULT_DURATION_BUCKETS,
+    size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
+) -> HttpMetrics:
+    """Return the HTTP metric families of ``registry``, registering them on first use.
+
+    ``registry=None`` means ``prometheus_client.REGISTRY``. A registry keeps the buckets
+    it was first given, so requesting them again with other buckets raises ``ValueError``.
+    """
+    target = REGISTRY if registry is None else registry
+    duration = _check_buckets("buckets", duration_buckets)
+    size = _check_buckets("size_buckets", size_buckets)
+
+    with _lock:
+        metrics = _families.get(target)
+        if metrics is None:
+            metrics = _register(target, duration, size)
+            _families[target] = metrics
+
+    if metrics.duration_buckets != duration or metrics.size_buckets != size:
+        raise ValueError(
+            f"the HTTP metrics of registry {target!r} already use duration buckets "
+            f"{metrics.duration_buckets} and size buckets {metrics.size_buckets}: pass the "
+            "same buckets to every PrometheusMiddleware on one registry, or use another registry"
+        )
+    return metrics
+
+
+def _check_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
+    bounds = tuple(float(bound) for bound in buckets)
+    if not bounds or any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
+        raise ValueError(f"invalid {name}={buckets!r}: give one or more strictly increasing bounds")
+    return bounds
+
+
+def _register(
+    registry: CollectorRegistry, duration: tuple[float, ...], size: tuple[float, ...]
+) -> HttpMetrics:
+    try:
+        return HttpMetrics(
+            requests=Counter(
+                "http_requests",
+                "HTTP requests by method, route template and status code.",
+                HTTP_STATUS_LABELS,
+                registry=registry,
+            ),
+            duration=Histogram(
+                "http_request_duration_seconds",
+                "Time from receiving an HTTP request to sending the end of its response.",
+                HTTP_LABELS,
+                unit="seconds",
+                buckets=duration,
+                registry=registry,
+            ),
+            # livesum: in multi-process mode the scrape shows the sum over live workers,
+            # without a pid label, and a dead worker's requests stop counting.
+            in_progress=Gauge(
+                "http_requests_in_progress",
+                "HTTP requests being served.",
+                HTTP_LABELS,
+                multiprocess_mode="livesum",
+                registry=registry,
+            ),
+            request_size=Histogram(
+                "http_request_size_bytes",
+                "Bytes of request body received, counted from the body messages.",
+                HTTP_LABELS,
+                unit="bytes",
+                buckets=size,
+                registry=registry,
+            ),
+            response_size=Histogram(
+                "http_response_size_bytes",
+                "Bytes of response body sent, counted from the body messages (0 for HEAD).",
+                HTTP_LABELS,
+                unit="bytes",
+                buckets=size,
+                registry=registry,
+            ),
+            duration_buckets=duration,
+            size_buckets=size,
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot register the HTTP metrics in {registry!r} ({exc}): another library "
+            "registered the same names there; pass registry=CollectorRegistry() to "
+            "PrometheusMiddleware and instrument()"
+        ) from exc

@@ -1,0 +1,1 @@
+"""A text-embedding service: an existing FastAPI app wrapped by ``mlmiddleware.instrument``."""

@@ -192,3 +192,19 @@ async def test_lifespan_failed_hook_fails_startup() -> None:
 
     assert replies == ["lifespan.startup.failed"]
     assert not lifecycle.startup_complete
+
+
+@pytest.mark.anyio
+async def test_lifespan_hooks_for_app_ignoring_lifespan() -> None:
+    events: list[str] = []
+
+    async def ignoring(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+
+    wrapped, lifecycle = hooked(ignoring, events)
+    replies = await LifespanDriver().run(wrapped)
+
+    assert replies == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert events == ["hook startup", "hook shutdown"]
+    assert lifecycle.startup_complete

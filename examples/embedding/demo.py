@@ -9,6 +9,7 @@ SIGTERM and reports the exit status. Used by ``nox -s demo``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -96,14 +97,57 @@ def print_similarities(vectors: dict[str, np.ndarray]) -> None:
 
 def print_batch_metrics(base: str) -> None:
     text = httpx.get(f"{base}/metrics", timeout=10).text
-    print("\nBatch sizes seen (from /metrics):")
+    print("\nBatches executed, by size (from the batch_size histogram on /metrics):")
     for family in text_string_to_metric_families(text):
-        if family.name == "batch_size":
-            for sample in family.samples:
-                if sample.name.endswith(("_count", "_sum")):
-                    print(f"  {sample.name}{sample.labels} = {sample.value:g}")
-                elif sample.name.endswith("_bucket") and sample.value:
-                    print(f"  {sample.name}{{le={sample.labels['le']}}} = {sample.value:g}")
+        if family.name != "batch_size":
+            continue
+        previous = 0.0
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                # Buckets are cumulative: the difference is the count inside each one.
+                inside = sample.value - previous
+                previous = sample.value
+                if inside:
+                    print(f"  batches of <= {float(sample.labels['le']):g} items: {inside:g}")
+            elif sample.name.endswith("_count"):
+                print(f"  batches in total: {sample.value:g}")
+
+
+async def compare_instances(base: str, vectors: dict[str, np.ndarray]) -> None:
+    texts = [PARAPHRASES[0][0], PARAPHRASES[0][1]]
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        response = await client.post("/v1/embeddings", json={"instances": texts})
+    response.raise_for_status()
+    batched = [np.asarray(v) for v in response.json()["predictions"]]
+    difference = max(
+        float(np.abs(b - vectors[t]).max()) for b, t in zip(batched, texts, strict=True)
+    )
+    print(
+        f'\nPOST {{"instances": [2 sentences]}} -> {len(batched)} embeddings of '
+        f"{batched[0].shape[0]} dimensions; largest difference from the single requests: "
+        f"{difference:.1e}"
+    )
+
+
+def print_shutdown(feedback_dir: str) -> None:
+    print("Launcher and worker lifecycle records (JSON lines from stderr):")
+    for line in (Path(feedback_dir) / "service.log").read_bytes().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            print(f"  NOT JSON: {line[:120]!r}")
+            continue
+        if record.get("logger", "").startswith(("mlmiddleware.launcher", "mlmiddleware.lifecycle")):
+            print(f"  {record['ts']} {record['level']:7s} {record['logger']}: {record['message']}")
+
+
+def count_records(feedback_dir: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in Path(feedback_dir).glob("feedback-*.jsonl*"):
+        for line in path.read_bytes().splitlines():
+            kind = json.loads(line)["kind"]
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def main() -> int:
@@ -121,6 +165,7 @@ def main() -> int:
         vectors, request_ids = asyncio.run(embed_all(base, sentences))
         print(f"Embedded {len(sentences)} sentences in {len(sentences)} concurrent requests")
         print_similarities(vectors)
+        asyncio.run(compare_instances(base, vectors))
 
         feedback = httpx.post(
             f"{base}/feedback",
@@ -134,9 +179,9 @@ def main() -> int:
         service.send_signal(signal.SIGTERM)
         status = service.wait(timeout=60)
 
+    print_shutdown(feedback_dir)
     print(f"The launcher exited with status {status}")
-    records = sorted(Path(feedback_dir).glob("feedback-*.jsonl*"))
-    print(f"Feedback and prediction records written under {feedback_dir}: {len(records)} file(s)")
+    print(f"Records on disk under {feedback_dir}: {count_records(feedback_dir)}")
     return 0 if status == 0 else 1
 
 

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlmiddleware._context import RequestContext, get_request_context, get_request_id
 from mlmiddleware._lifecycle import begin_shutdown, is_shutting_down
-from mlmiddleware.instrument import instrument
 
 if TYPE_CHECKING:
+    from mlmiddleware._instrument import instrument
+    from mlmiddleware.batching import Batcher, QueueFull, ShuttingDown, batching_endpoint
     from mlmiddleware.feedback import (
         CallableFeedbackSink,
         JsonlFeedbackSink,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccessLogMiddleware",
+    "Batcher",
     "BodySizeLimitMiddleware",
     "CallableFeedbackSink",
     "HealthChecks",
@@ -39,8 +41,11 @@ __all__ = [
     "JsonlFeedbackSink",
     "LoggingFeedbackSink",
     "PrometheusMiddleware",
+    "QueueFull",
     "RequestContext",
     "RequestContextMiddleware",
+    "ShuttingDown",
+    "batching_endpoint",
     "begin_shutdown",
     "configure_logging",
     "get_request_context",
@@ -58,6 +63,7 @@ __version__ = "0.1.0"
 # starlette and prometheus-client at every container start.
 _LAZY_EXPORTS = {
     "AccessLogMiddleware": "mlmiddleware.middleware.access_log",
+    "Batcher": "mlmiddleware.batching",
     "BodySizeLimitMiddleware": "mlmiddleware.middleware.body_limit",
     "CallableFeedbackSink": "mlmiddleware.feedback",
     "HealthChecks": "mlmiddleware.health",
@@ -67,8 +73,12 @@ _LAZY_EXPORTS = {
     "JsonlFeedbackSink": "mlmiddleware.feedback",
     "LoggingFeedbackSink": "mlmiddleware.feedback",
     "PrometheusMiddleware": "mlmiddleware.middleware.prometheus",
+    "QueueFull": "mlmiddleware.batching",
     "RequestContextMiddleware": "mlmiddleware.middleware.context",
+    "ShuttingDown": "mlmiddleware.batching",
+    "batching_endpoint": "mlmiddleware.batching",
     "configure_logging": "mlmiddleware.jsonlog",
+    "instrument": "mlmiddleware._instrument",
     "mark_process_dead": "mlmiddleware.metrics",
     "metrics_app": "mlmiddleware.metrics",
     "set_model_info": "mlmiddleware.metrics",

@@ -22,7 +22,7 @@ class LifespanMiddleware:
     (readiness off, batcher drain, feedback flush) run when the server sends
     ``lifespan.shutdown`` and before the app sees it, so the model is still loaded while
     queued items finish. An app that does not speak the lifespan protocol (a bare ASGI
-    callable that raises on it) still gets the hooks run.
+    callable that raises on it or returns at once) still gets the hooks run.
     """
 
     def __init__(
@@ -71,6 +71,12 @@ class LifespanMiddleware:
             await self._serve_lifespan(
                 receive, send, startup_received="lifespan.startup" in received
             )
+        else:
+            if not answered:
+                logger.debug("App ignored the lifespan scope; running toolkit hooks alone")
+                await self._serve_lifespan(
+                    receive, send, startup_received="lifespan.startup" in received
+                )
 
     async def _serve_lifespan(
         self, receive: Receive, send: Send, *, startup_received: bool

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mlmiddleware import instrument
 from mlmiddleware.feedback import JsonlFeedbackSink
-from mlmiddleware.instrument import instrument
 
 
 async def predict(request: Request) -> JSONResponse:

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from mlmiddleware import instrument
 from mlmiddleware.batching import Batcher
-from mlmiddleware.instrument import instrument
 
 if os.environ.get("LAUNCHER_TEST_IMPORT_SECONDS"):
     # A slow model load at import time, for the startup timeout.

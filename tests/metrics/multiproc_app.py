@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mlmiddleware.instrument import instrument
+from mlmiddleware import instrument
 
 
 async def work(request: Request) -> Response:

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from mlmiddleware import instrument
 from mlmiddleware._types import ASGIApp
-from mlmiddleware.instrument import instrument
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -340,3 +340,16 @@ def test_processes_sharing_stderr_never_split_lines(tmp_path: Path) -> None:
     lines = parse_lines(out.read_bytes())
     assert len(lines) == 800
     assert all(len(set(line["message"])) == 1 for line in lines)
+
+
+def test_formatter_extra_colliding_with_static_field() -> None:
+    formatter = JsonFormatter()
+    record = make_record(region="from-extra")
+    before = orjson.loads(formatter.format_bytes(record))
+
+    formatter.add_static_fields({"region": "eu"})
+    after = orjson.loads(formatter.format_bytes(record))
+
+    assert before["region"] == "from-extra"
+    assert after["region"] == "eu"
+    assert after["extra_region"] == "from-extra"

@@ -52,6 +52,8 @@ _RESERVED_FIELDS = frozenset(
 )
 # An ``extra=`` key that collides with a field above is kept under this prefix.
 EXTRA_PREFIX = "extra_"
+# Distinct attribute-name tuples remembered by the formatter; call sites are few.
+_EXTRA_CACHE_SIZE = 256
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
@@ -74,6 +76,9 @@ class JsonFormatter(logging.Formatter):
     ) -> None:
         super().__init__()
         self._static: dict[str, Any] = {}
+        # Output names that an ``extra=`` key must not overwrite.
+        self._taken_names = _RESERVED_FIELDS
+        self._extra_cache: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         if service is not None:
             self._static["service"] = service
         if static_fields:
@@ -88,6 +93,8 @@ class JsonFormatter(logging.Formatter):
             if key in _RESERVED_FIELDS and key != "service":
                 raise ValueError(f"invalid static field {key!r}: it is a reserved log field name")
         self._static = {**self._static, **fields}
+        self._taken_names = _RESERVED_FIELDS | self._static.keys()
+        self._extra_cache = {}
 
     def format(self, record: logging.LogRecord) -> str:
         return self.format_bytes(record)[:-1].decode("utf-8")
@@ -122,22 +129,33 @@ class JsonFormatter(logging.Formatter):
                 fields["span_id"] = context.span_id
 
         attributes = record.__dict__
-        # A set difference runs in C; most records have no extra keys at all.
-        extra_keys = attributes.keys() - _RECORD_ATTRS
-        if extra_keys:
-            if extra_keys.isdisjoint(fields) and extra_keys.isdisjoint(_RESERVED_FIELDS):
-                fields.update({key: attributes[key] for key in attributes if key in extra_keys})
-            else:
-                for key in attributes:
-                    if key in extra_keys:
-                        taken = key in fields or key in _RESERVED_FIELDS
-                        fields[EXTRA_PREFIX + key if taken else key] = attributes[key]
+        for key, name in self._extra_names(tuple(attributes)):
+            fields[name] = attributes[key]
 
         if record.exc_info and record.exc_info[0] is not None:
             self._add_exception(fields, record)
         if record.stack_info:
             fields["stack_info"] = record.stack_info
         return fields
+
+    def _extra_names(self, keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        """Return ``(attribute, output name)`` for the ``extra=`` attributes among ``keys``.
+
+        Records from one call site share their attribute names, so the answer is cached
+        per name tuple: the access log, for one, pays for the set arithmetic once.
+        """
+        names = self._extra_cache.get(keys)
+        if names is None:
+            taken = self._taken_names
+            names = tuple(
+                (key, EXTRA_PREFIX + key if key in taken else key)
+                for key in keys
+                if key not in _RECORD_ATTRS
+            )
+            if len(self._extra_cache) >= _EXTRA_CACHE_SIZE:
+                self._extra_cache.clear()
+            self._extra_cache[keys] = names
+        return names
 
     def _add_exception(self, fields: dict[str, Any], record: logging.LogRecord) -> None:
         exc_type, exc_value, _ = record.exc_info  # type: ignore[misc]

@@ -298,6 +298,9 @@ def test_run_startup_timeout_kills(tmp_path: Path) -> None:
             lambda: any("startup timeout" in message for message in launcher.messages()),
             timeout=STARTUP_WAIT_SECONDS,
         )
+        # The killed worker must be reaped and logged before the stop signal, or the
+        # launcher treats its exit as part of the shutdown.
+        wait_until(lambda: any("during startup" in m for m in launcher.messages()), 20)
         wait_until(lambda: launcher.ready_count() == 0 and len(launcher.worker_pids()) == 1, 20)
         os.kill(launcher.process.pid, signal.SIGTERM)
         status = launcher.process.wait(timeout=30)

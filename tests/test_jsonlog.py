@@ -247,6 +247,8 @@ def test_configure_rejects_unknown_level(restore_logging: None) -> None:
 def test_configure_routes_uvicorn_loggers(restore_logging: None) -> None:
     uvicorn_logger = logging.getLogger("uvicorn.error")
     uvicorn_logger.addHandler(logging.StreamHandler(io.StringIO()))
+    uvicorn_logger.disabled = True
+    uvicorn_logger.setLevel(logging.NOTSET)
     stream = io.StringIO()
     configure_logging("INFO", stream=stream)
 

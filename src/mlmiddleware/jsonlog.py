@@ -313,6 +313,8 @@ def adopt_third_party_loggers() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        # dictConfig(disable_existing_loggers=True) elsewhere would silence it for good.
+        logger.disabled = False
     for name in _REPLACED_ACCESS_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -1,7 +1,7 @@
 """The JSON error body shared by every error response the toolkit produces.
 
 Shape: ``{"error": {"type": ..., "message": ..., "request_id": ...}}``. ``type`` is a
-stable snake_case code that clients can switch on; ``message`` says what was wrong and
+stable snake_case code that clients can switch on; ``message`` states what was wrong and
 how to fix it; ``request_id`` is the id of the request (``null`` outside a request).
 """
 

@@ -20,7 +20,7 @@ class LifespanMiddleware:
     Startup hooks (batcher start and warmup) run once the app reports
     ``lifespan.startup.complete``; only then does readiness turn on. Shutdown hooks
     (readiness off, batcher drain, feedback flush) run when the server sends
-    ``lifespan.shutdown`` and before the app sees it, so the model is still loaded while
+    ``lifespan.shutdown`` and before the app receives it, so the model is still loaded while
     queued items finish. An app that does not speak the lifespan protocol (a bare ASGI
     callable that raises on it or returns at once) still gets the hooks run.
     """

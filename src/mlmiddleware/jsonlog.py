@@ -141,8 +141,8 @@ class JsonFormatter(logging.Formatter):
     def _extra_names(self, keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         """Return ``(attribute, output name)`` for the ``extra=`` attributes among ``keys``.
 
-        Records from one call site share their attribute names, so the answer is cached
-        per name tuple: the access log, for one, pays for the set arithmetic once.
+        Records from one call site share their attribute names, so the result is cached
+        per name tuple and the access log pays for the set arithmetic once.
         """
         names = self._extra_cache.get(keys)
         if names is None:
@@ -306,8 +306,8 @@ def adopt_third_party_loggers() -> None:
     """Route uvicorn's loggers through the root handler and mute its access logger.
 
     uvicorn installs handlers of its own when it applies its logging config, which can
-    happen after ``configure_logging()``; the lifespan startup of an instrumented app calls
-    this again for that reason.
+    happen after ``configure_logging()``. The lifespan startup of an instrumented app
+    therefore calls this again.
     """
     for name in _THIRD_PARTY_LOGGERS:
         logger = logging.getLogger(name)

@@ -21,7 +21,7 @@ class BodyTooLarge(Exception):
 
 
 class BodySizeLimitMiddleware:
-    """Answer 413 when a request body is larger than ``max_body_bytes``.
+    """Reject with 413 a request whose body is larger than ``max_body_bytes``.
 
     A ``Content-Length`` over the limit is rejected before the app runs. A chunked body is
     counted as it streams: the chunk that crosses the limit is never handed to the app,
@@ -67,8 +67,8 @@ class BodySizeLimitMiddleware:
         async def send_wrapper(message: Message) -> None:
             nonlocal app_started_response
             if exceeded and not app_started_response:
-                # The app is answering the BodyTooLarge it got (a 500 from an error
-                # handler, typically): the 413 below replaces that response.
+                # The app is responding to the BodyTooLarge it got, typically with a 500
+                # from an error handler, and the 413 below replaces that response.
                 return
             if message["type"] == "http.response.start":
                 app_started_response = True

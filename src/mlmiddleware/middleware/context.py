@@ -49,7 +49,7 @@ class RequestContextMiddleware:
     """Set the request context for the duration of each HTTP request.
 
     The request id comes from the ``header_name`` request header when it is 1-128
-    characters of ``[A-Za-z0-9._-]``; otherwise a new one is generated and no part of the
+    characters of ``[A-Za-z0-9._-]``. Otherwise a new one is generated, and no part of the
     rejected value is logged or echoed. The id and the trace ids are exposed through
     ``mlmiddleware.get_request_context()`` and ``scope["state"]``, and the id is echoed
     in the same header on every response. An unhandled exception gets a JSON 500 carrying

@@ -355,3 +355,51 @@ def test_formatter_extra_colliding_with_static_field() -> None:
     assert before["region"] == "from-extra"
     assert after["region"] == "eu"
     assert after["extra_region"] == "from-extra"
+
+
+def test_sole_handler_found_for_json_only(restore_logging: None) -> None:
+    handler = configure_logging("INFO", stream=io.StringIO())
+
+    assert jsonlog.sole_json_handler(logging.getLogger("tests.sole"), logging.INFO) is handler
+
+
+def test_sole_handler_none_with_other_handler(restore_logging: None) -> None:
+    configure_logging("INFO", stream=io.StringIO())
+    logger = logging.getLogger("tests.sole.other")
+    other = logging.StreamHandler(io.StringIO())
+    logger.addHandler(other)
+    try:
+        assert jsonlog.sole_json_handler(logger, logging.INFO) is None
+    finally:
+        logger.removeHandler(other)
+
+
+def test_sole_handler_none_with_filter(restore_logging: None) -> None:
+    configure_logging("INFO", stream=io.StringIO())
+    logger = logging.getLogger("tests.sole.filtered")
+    drop_all = logging.Filter("nothing-matches")
+    logger.addFilter(drop_all)
+    try:
+        assert jsonlog.sole_json_handler(logger, logging.INFO) is None
+    finally:
+        logger.removeFilter(drop_all)
+
+
+def test_sole_handler_none_below_level(restore_logging: None) -> None:
+    configure_logging("WARNING", stream=io.StringIO())
+
+    assert jsonlog.sole_json_handler(logging.getLogger("tests.sole"), logging.INFO) is None
+
+
+def test_write_event_matches_emit(restore_logging: None) -> None:
+    stream = io.StringIO()
+    handler = configure_logging("INFO", stream=stream, service="svc")
+    fields = {"status": 200, "route": "/x", "level": "clash"}
+    logger = logging.getLogger("tests.event")
+
+    handler.write_event(logging.INFO, logger.name, "http.request", fields)
+    logger.info("http.request", extra=fields)
+
+    direct, through_logging = parse_lines(stream.getvalue().encode())
+    del direct["ts"], through_logging["ts"]
+    assert direct == through_logging

@@ -27,6 +27,7 @@ __all__ = [
     "adopt_third_party_loggers",
     "configure_logging",
     "is_configured",
+    "sole_json_handler",
 ]
 
 # Attributes every LogRecord has; any other attribute came from ``extra=``.
@@ -101,22 +102,46 @@ class JsonFormatter(logging.Formatter):
 
     def format_bytes(self, record: logging.LogRecord) -> bytes:
         """Return the record as UTF-8 JSON ending with a newline."""
-        fields = self.to_dict(record)
-        try:
-            return orjson.dumps(fields, default=_fallback_str, option=_DUMPS_OPTIONS)
-        except (TypeError, orjson.JSONEncodeError):
-            # Values orjson rejects outright (integers over 64 bits, cycles) become strings.
-            safe = {key: _encodable(value) for key, value in fields.items()}
-            return orjson.dumps(safe, default=_fallback_str, option=_DUMPS_OPTIONS)
+        return _dumps(self.to_dict(record))
+
+    def event_bytes(
+        self, levelname: str, logger_name: str, message: str, event_fields: Mapping[str, Any]
+    ) -> bytes:
+        """Encode, as ``format_bytes`` would, an event that never became a ``LogRecord``.
+
+        ``JsonHandler.write_event`` uses it for the access log's fast path.
+        """
+        fields = self._base_fields(time.time(), levelname, logger_name, message, self._pid)
+        taken = self._taken_names
+        for key, value in event_fields.items():
+            fields[EXTRA_PREFIX + key if key in taken else key] = value
+        return _dumps(fields)
 
     def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
         """Build the field dictionary of ``record`` in output order."""
+        pid = record.process if record.process is not None else self._pid
+        fields = self._base_fields(
+            record.created, record.levelname, record.name, _message_of(record), pid
+        )
+        attributes = record.__dict__
+        for key, name in self._extra_names(tuple(attributes)):
+            fields[name] = attributes[key]
+
+        if record.exc_info and record.exc_info[0] is not None:
+            self._add_exception(fields, record)
+        if record.stack_info:
+            fields["stack_info"] = record.stack_info
+        return fields
+
+    def _base_fields(
+        self, created: float, levelname: str, logger_name: str, message: str, pid: int
+    ) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": _message_of(record),
-            "pid": record.process if record.process is not None else self._pid,
+            "ts": self._timestamp(created),
+            "level": levelname,
+            "logger": logger_name,
+            "message": message,
+            "pid": pid,
         }
         if self._static:
             fields.update(self._static)
@@ -127,15 +152,6 @@ class JsonFormatter(logging.Formatter):
             if context.trace_id is not None:
                 fields["trace_id"] = context.trace_id
                 fields["span_id"] = context.span_id
-
-        attributes = record.__dict__
-        for key, name in self._extra_names(tuple(attributes)):
-            fields[name] = attributes[key]
-
-        if record.exc_info and record.exc_info[0] is not None:
-            self._add_exception(fields, record)
-        if record.stack_info:
-            fields["stack_info"] = record.stack_info
         return fields
 
     def _extra_names(self, keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -173,6 +189,15 @@ class JsonFormatter(logging.Formatter):
             self._ts_second = second
         micros = int((created - second) * 1_000_000)
         return f"{self._ts_prefix}.{micros:06d}Z"
+
+
+def _dumps(fields: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(fields, default=_fallback_str, option=_DUMPS_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        # Values orjson rejects outright (integers over 64 bits, cycles) become strings.
+        safe = {key: _encodable(value) for key, value in fields.items()}
+        return orjson.dumps(safe, default=_fallback_str, option=_DUMPS_OPTIONS)
 
 
 def _message_of(record: logging.LogRecord) -> str:
@@ -216,16 +241,63 @@ class JsonHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = self.json_formatter.format_bytes(record)
-            if self._fd is not None:
-                _write_all(self._fd, data)
-            elif self.stream is not None:
-                self.stream.write(data.decode("utf-8"))
-                self.stream.flush()
+            self._write(self.json_formatter.format_bytes(record))
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def write_event(
+        self, level: int, logger_name: str, message: str, event_fields: Mapping[str, Any]
+    ) -> None:
+        """Write the line that ``emit`` would write for a record with these fields.
+
+        Only valid where ``sole_json_handler`` found this handler to be the one consumer
+        of such a record: no ``LogRecord`` is built, so no filter or other handler sees it.
+        """
+        data = self.json_formatter.event_bytes(
+            logging.getLevelName(level), logger_name, message, event_fields
+        )
+        self.acquire()
+        try:
+            self._write(data)
+        except Exception:
+            # handleError wants a record; it only prints the traceback to stderr.
+            self.handleError(logging.makeLogRecord({"msg": message, "name": logger_name}))
+        finally:
+            self.release()
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is not None:
+            _write_all(self._fd, data)
+        elif self.stream is not None:
+            self.stream.write(data.decode("utf-8"))
+            self.stream.flush()
+
+
+def sole_json_handler(logger: logging.Logger, level: int) -> JsonHandler | None:
+    """Return the ``JsonHandler`` that alone would emit a ``level`` record of ``logger``.
+
+    Returns ``None`` when the record would be dropped, filtered, or seen by any other
+    handler, so that callers on a hot path can take the full ``Logger.handle`` route
+    whenever the shortcut could change what is logged.
+    """
+    if not logger.isEnabledFor(level) or logger.filters:
+        return None
+
+    found: JsonHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if level < handler.level:
+                continue
+            if found is not None or type(handler) is not JsonHandler or handler.filters:
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
 
 
 def _fileno_of(stream: IO[str]) -> int | None:

@@ -11,6 +11,7 @@ from typing import Any
 from mlmiddleware._logrecord import RecordMaker
 from mlmiddleware._routes import RouteResolver
 from mlmiddleware._types import ASGIApp, Message, Receive, Scope, Send
+from mlmiddleware.jsonlog import sole_json_handler
 
 __all__ = ["DEFAULT_QUIET_PATHS", "DISCONNECT_STATUS", "AccessLogMiddleware"]
 
@@ -140,6 +141,14 @@ class AccessLogMiddleware:
         level = logging.ERROR if status >= 500 else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
+
+        if exc is None:
+            # The common case: our JSON handler is the only consumer, so write the line
+            # without building a LogRecord.
+            handler = sole_json_handler(self.logger, level)
+            if handler is not None:
+                handler.write_event(level, self.logger.name, "http.request", fields)
+                return
 
         exc_info = None if exc is None else (type(exc), exc, exc.__traceback__)
         self.logger.handle(self._records.make(level, fields, exc_info))

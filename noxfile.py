@@ -25,7 +25,7 @@ def install_project(session: nox.Session, *extras: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit, end-to-end and reliability tests)."""
-    install_project(session, "test", "torch")
+    install_project(session, "test", "torch", "examples")
     session.run("python", "-m", "pytest", *session.posargs)
 
 

@@ -51,7 +51,7 @@ def build_request(path: str, body: bytes, host: str = "127.0.0.1") -> bytes:
     return head.encode("latin-1") + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -75,7 +75,7 @@ async def _connection(
             if started >= stop_at:
                 return
             writer.write(request)
-            status = await _read_response(reader)
+            status = await read_response(reader)
             finished = time.perf_counter()
             if finished < measure_from or finished > stop_at:
                 continue

@@ -21,10 +21,16 @@ pinned to CPU 1:
 
 Rounds interleave the contenders, and each figure is the median over rounds.
 
+Concurrency runs from 1 to 256 in powers of two. After the load, the ``batcher`` server's
+``/metrics`` is scraped and ``batch_inference_duration_seconds`` is kept per batch size
+label, summed over every concurrency level and round.
+
 Usage: python benchmarks/batching.py [--quick] [--rounds N] [--duration S] [--regime R]
-``--quick`` (1 round of 1.5 s per point) finishes in under 2 minutes and writes
-``benchmarks/results/batching-quick.json``. A full run writes
-``benchmarks/results/batching.json`` and ``docs/batching-benchmark.svg``.
+    [--json F]
+``--quick`` (1 round of 1.5 s at concurrency 1, 16 and 256) finishes in about 3 minutes
+and writes ``benchmarks/results/batching-quick.json``. A full run writes
+``benchmarks/results/batching.json`` (or ``--json F``). ``benchmarks/plots.py`` draws the
+plots from ``benchmarks/results/batching_sweep.json``, which ``run_all.py`` writes.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ LOAD_CPUS = {1}
 MAX_BATCH_SIZE = 32
 MOSEC_WAIT_MS = 10
 CONTENDERS = ("bare", "direct", "batcher", "mosec")
-CONCURRENCY = (1, 8, 64)
+CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+QUICK_CONCURRENCY = (1, 16, 256)
 
 
 @dataclass(frozen=True)
@@ -285,7 +292,13 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def run_contender(kind: str, regime_key: str, duration_s: float) -> list[dict[str, Any]]:
+def run_contender(
+    kind: str, regime_key: str, duration_s: float, levels: tuple[int, ...]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Load one contender at every concurrency in ``levels``.
+
+    Return its rows and, for ``batcher``, its inference histograms by batch size.
+    """
     from _load import run_load
 
     regime = REGIMES[regime_key]
@@ -293,9 +306,10 @@ def run_contender(kind: str, regime_key: str, duration_s: float) -> list[dict[st
     port = free_port()
     process = start_server(kind, regime_key, port)
     rows = []
+    inference: dict[str, dict[str, Any]] = {}
     try:
         wait_ready(port, request)
-        for concurrency in CONCURRENCY:
+        for concurrency in levels:
             result = asyncio.run(
                 run_load(port, request, concurrency=concurrency, duration_s=duration_s)
             )
@@ -310,9 +324,94 @@ def run_contender(kind: str, regime_key: str, duration_s: float) -> list[dict[st
                     "errors": result.errors,
                 }
             )
+        if kind == "batcher":
+            inference = scrape_inference(port)
     finally:
         stop_server(process)
-    return rows
+    return rows, inference
+
+
+def scrape_inference(port: int) -> dict[str, dict[str, Any]]:
+    """Read ``batch_inference_duration_seconds`` from ``/metrics``, keyed by batch size label."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    histograms: dict[str, dict[str, Any]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "batch_inference_duration_seconds":
+            continue
+        for sample in family.samples:
+            entry = histograms.setdefault(
+                sample.labels["batch_size"], {"count": 0.0, "sum_s": 0.0, "buckets": {}}
+            )
+            if sample.name.endswith("_bucket"):
+                entry["buckets"][sample.labels["le"]] = sample.value
+            elif sample.name.endswith("_count"):
+                entry["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                entry["sum_s"] = sample.value
+    return histograms
+
+
+def merge_inference(
+    total: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Add the histograms of ``more`` to ``total`` (same buckets) and return ``total``."""
+    for label, entry in more.items():
+        into = total.setdefault(label, {"count": 0.0, "sum_s": 0.0, "buckets": {}})
+        into["count"] += entry["count"]
+        into["sum_s"] += entry["sum_s"]
+        for bound, value in entry["buckets"].items():
+            into["buckets"][bound] = into["buckets"].get(bound, 0.0) + value
+    return total
+
+
+def quantile_from_buckets(buckets: dict[str, float], fraction: float) -> float:
+    """Estimate a quantile from cumulative buckets by linear interpolation within a bucket.
+
+    This is how PromQL's ``histogram_quantile`` estimates it. A quantile in the +Inf
+    bucket returns the highest finite bound.
+    """
+    ordered = sorted((float(bound), count) for bound, count in buckets.items())
+    total = ordered[-1][1] if ordered else 0.0
+    if total == 0:
+        return float("nan")
+    rank = fraction * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1.0
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def inference_table(inference: dict[str, dict[str, dict[str, Any]]]) -> str:
+    lines = [
+        "\nbatch_inference_duration_seconds from the batcher's /metrics "
+        "(p50 and p99 estimated from the buckets):\n",
+        "| regime | batch size label | batches | mean ms | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for regime_key, by_size in inference.items():
+        for label in sorted(by_size, key=int):
+            entry = by_size[label]
+            if not entry["count"]:
+                continue
+            mean_ms = entry["sum_s"] / entry["count"] * 1000
+            p50_ms = quantile_from_buckets(entry["buckets"], 0.5) * 1000
+            p99_ms = quantile_from_buckets(entry["buckets"], 0.99) * 1000
+            lines.append(
+                f"| {regime_key} | {label} | {entry['count']:.0f} | {mean_ms:.2f} "
+                f"| {p50_ms:.2f} | {p99_ms:.2f} |"
+            )
+    return "\n".join(lines)
 
 
 def offline_in_subprocess(regime_key: str, seconds: float) -> dict[str, float]:
@@ -402,84 +501,18 @@ def summary(rows: list[dict[str, Any]], regime: str, numbers: dict[str, float]) 
     return lines
 
 
-def write_svg(rows: list[dict[str, Any]], path: Path) -> None:
-    """Plot items/s and p99 against concurrency, one panel per regime and measure."""
-    colors = {"bare": "#999999", "direct": "#d62728", "batcher": "#1f77b4", "mosec": "#2ca02c"}
-    panels = [(regime, measure) for regime in REGIMES for measure in ("items_per_s", "p99_ms")]
-    width, height, margin = 360, 240, 50
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * 2}" '
-        f'height="{height * 2 + 30}" font-family="sans-serif" font-size="11">'
-    ]
-    for index, (regime, measure) in enumerate(panels):
-        left = (index % 2) * width
-        top = (index // 2) * height + 30
-        parts.extend(_panel(rows, regime, measure, left, top, width, height, margin, colors))
-    for index, (contender, color) in enumerate(colors.items()):
-        parts.append(
-            f'<text x="{10 + index * 90}" y="16" fill="{color}" font-weight="bold">'
-            f"{contender}</text>"
-        )
-    parts.append("</svg>")
-    path.write_text("\n".join(parts))
-
-
-def _panel(
-    rows: list[dict[str, Any]],
-    regime: str,
-    measure: str,
-    left: int,
-    top: int,
-    width: int,
-    height: int,
-    margin: int,
-    colors: dict[str, str],
-) -> list[str]:
-    values = [row[measure] for row in rows if row["regime"] == regime]
-    top_value = max(values, default=1.0) * 1.1 or 1.0
-    plot_w, plot_h = width - margin - 10, height - margin - 20
-
-    def x_of(position: int) -> float:
-        return left + margin + position * plot_w / (len(CONCURRENCY) - 1)
-
-    def y_of(value: float) -> float:
-        return top + 20 + plot_h - value / top_value * plot_h
-
-    label = "items/s" if measure == "items_per_s" else "p99 ms"
-    parts = [
-        f'<text x="{left + margin}" y="{top + 12}">{REGIMES[regime].name}: {label} '
-        "against concurrency</text>",
-        f'<line x1="{left + margin}" y1="{top + 20 + plot_h}" x2="{left + margin + plot_w}" '
-        f'y2="{top + 20 + plot_h}" stroke="black"/>',
-        f'<line x1="{left + margin}" y1="{top + 20}" x2="{left + margin}" '
-        f'y2="{top + 20 + plot_h}" stroke="black"/>',
-        f'<text x="{left + 4}" y="{top + 26}">{top_value:.0f}</text>',
-    ]
-    for position, concurrency in enumerate(CONCURRENCY):
-        parts.append(f'<text x="{x_of(position) - 6}" y="{top + 34 + plot_h}">{concurrency}</text>')
-    for contender, color in colors.items():
-        points = []
-        for position, concurrency in enumerate(CONCURRENCY):
-            row = lookup(rows, regime, contender, concurrency)
-            if row is not None:
-                points.append(f"{x_of(position):.1f},{y_of(row[measure]):.1f}")
-        if points:
-            parts.append(
-                f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" '
-                'stroke-width="2"/>'
-            )
-    return parts
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of 1.5 s per point")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 1.5 s at concurrency 1, 16 and 256"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     parser.add_argument("--regime", choices=sorted(REGIMES), action="append", help="repeatable")
     parser.add_argument("--contender", choices=CONTENDERS, action="append", help="repeatable")
     parser.add_argument("--serve", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--offline", choices=sorted(REGIMES), help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -495,32 +528,44 @@ def main() -> None:
         return
 
     rounds, duration_s = (1, 1.5) if args.quick else (args.rounds, args.duration)
+    levels = QUICK_CONCURRENCY if args.quick else CONCURRENCY
     regimes = args.regime or list(REGIMES)
     contenders = args.contender or list(CONTENDERS)
     sys.path.insert(0, str(HERE))
+    from _harness import machine_facts
+
     os.sched_setaffinity(0, LOAD_CPUS)
 
     offline = {key: offline_in_subprocess(key, 1.0 if args.quick else 3.0) for key in regimes}
     rows: list[dict[str, Any]] = []
+    inference: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in regimes}
     for round_index in range(rounds):
         for regime_key in regimes:
             # Rotate the order each round so drift on a shared machine hits every contender.
             shift = round_index % len(contenders)
             for kind in contenders[shift:] + contenders[:shift]:
-                rows.extend(run_contender(kind, regime_key, duration_s))
+                contender_rows, histograms = run_contender(kind, regime_key, duration_s, levels)
+                rows.extend(contender_rows)
+                merge_inference(inference[regime_key], histograms)
                 print(f"round {round_index + 1}: {regime_key} {kind} done", file=sys.stderr)
 
     merged = median_rows(rows)
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
-    document = {"offline": offline, "rows": merged, "rounds": rounds, "duration_s": duration_s}
+    document = {
+        "machine": machine_facts(),
+        "offline": offline,
+        "rows": merged,
+        "inference_by_batch_size": inference,
+        "concurrency": list(levels),
+        "rounds": rounds,
+        "duration_s": duration_s,
+    }
     # A quick run never overwrites the recorded figures behind docs/batching.md.
-    if args.quick:
-        (results_dir / "batching-quick.json").write_text(json.dumps(document, indent=2))
-    else:
-        (results_dir / "batching.json").write_text(json.dumps(document, indent=2))
-        write_svg(merged, ROOT / "docs" / "batching-benchmark.svg")
+    default_name = "batching-quick.json" if args.quick else "batching.json"
+    output = args.json or HERE / "results" / default_name
+    output.parent.mkdir(exist_ok=True)
+    output.write_text(json.dumps(document, indent=2))
     print(report(merged, offline))
+    print(inference_table(inference))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,10 +41,10 @@ SERVER_CPU = "0"
 LOAD_CPU = "1"
 CONNECTIONS = 32
 PATH = "/hello/world"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 sys.path.insert(0, str(HERE))
 from _apps import VARIANTS  # noqa: E402
+from _harness import cpu_seconds, free_port, run_wrk, wait_listening  # noqa: E402
 
 
 @dataclass
@@ -57,13 +56,6 @@ class Server:
     cpu_us: list[float] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_server(variant: str) -> Server:
     port = free_port()
     command = [
@@ -73,48 +65,13 @@ def start_server(variant: str) -> Server:
         "--workers", "1", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    server = Server(variant, port, process)
-    wait_ready(server)
-    return server
-
-
-def wait_ready(server: Server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"server for {server.variant} exited with {server.process.returncode}"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(
-        f"server for {server.variant} did not listen on port {server.port} in {timeout} s"
-    )
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return user + system CPU time of ``pid`` in seconds, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    wait_listening(process, port)
+    return Server(variant, port, process)
 
 
 def load_wrk(port: int, duration: float) -> tuple[float, int]:
     """Run wrk against ``port``; return (requests/s, completed requests)."""
-    command = [
-        "taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration:g}s",
-        f"http://127.0.0.1:{port}{PATH}",
-    ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    total = re.search(r"(\d+) requests in", output)
-    if rps is None or total is None:
-        raise RuntimeError(f"cannot read wrk output:\n{output}")
-    if "Non-2xx" in output or "Socket errors" in output:
-        raise RuntimeError(f"wrk saw failed requests:\n{output}")
-    return float(rps.group(1)), int(total.group(1))
+    return run_wrk(f"http://127.0.0.1:{port}{PATH}", duration, connections=CONNECTIONS)
 
 
 async def _python_client(port: int, stop_at: float, counts: list[int]) -> None:

@@ -208,3 +208,40 @@ async def test_lifespan_hooks_for_app_ignoring_lifespan() -> None:
     assert replies == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert events == ["hook startup", "hook shutdown"]
     assert lifecycle.startup_complete
+
+
+def failing_app(factory: Any) -> Any:
+    app = factory()
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("handler failed")
+
+    app.add_route("/boom", boom)
+    return app
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("factory", [starlette_app, fastapi_app])
+async def test_instrument_json_500_for_framework_apps(factory: Any) -> None:
+    app = wrap(failing_app(factory))
+
+    response = await get(app, "/boom")
+
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["type"] == "internal_error"
+    assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+    assert "handler failed" not in response.text
+
+
+@pytest.mark.anyio
+async def test_instrument_keeps_app_error_handler() -> None:
+    app = failing_app(starlette_app)
+
+    async def own_handler(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("own handler", status_code=500)
+
+    app.add_exception_handler(Exception, own_handler)
+    response = await get(wrap(app), "/boom")
+
+    assert response.text == "own handler"

@@ -403,3 +403,18 @@ def test_write_event_matches_emit(restore_logging: None) -> None:
     direct, through_logging = parse_lines(stream.getvalue().encode())
     del direct["ts"], through_logging["ts"]
     assert direct == through_logging
+
+
+def test_handler_reports_write_failure_as_json(capfd: pytest.CaptureFixture[str]) -> None:
+    class BrokenStream(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError("stream is gone")
+
+    JsonHandler(BrokenStream()).handle(make_record())
+
+    lines = [line for line in capfd.readouterr().err.splitlines() if line]
+    report = orjson.loads(lines[0])
+    assert len(lines) == 1
+    assert report["message"] == "Writing a log record failed"
+    assert report["exc_type"] == "OSError"
+    assert report["failed_logger"] == "tests.jsonlog"

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mlmiddleware._errors import error_body
 from mlmiddleware._lifespan import LifespanMiddleware
 from mlmiddleware._stack import StackBuilder, ToolkitRouter
 from mlmiddleware._types import ASGIApp
@@ -63,6 +64,7 @@ def instrument(
     or ``False`` for no probe routes. ``batchers`` are started, warmed up, watched by
     the probes and drained with the app's lifespan.
     """
+    _install_json_server_error(app)
     _check_options(
         max_body_bytes=max_body_bytes, metrics_path=metrics_path, feedback_path=feedback_path
     )
@@ -98,6 +100,30 @@ def instrument(
         access_log=access_log,
         access_log_exclude=access_log_exclude,
     )
+
+
+def _install_json_server_error(app: ASGIApp) -> None:
+    """Make a Starlette or FastAPI app answer unhandled exceptions with the JSON error body.
+
+    Starlette's ``ServerErrorMiddleware`` sends its plain-text 500 before the exception
+    reaches the toolkit's middleware, so the handler has to live in the app. An app that
+    already handles ``Exception`` or 500 keeps its own handler. Starlette re-raises after
+    the handler, so the access log and the metrics still see the exception.
+    """
+    handlers = getattr(app, "exception_handlers", None)
+    add_handler = getattr(app, "add_exception_handler", None)
+    if not isinstance(handlers, dict) or add_handler is None:
+        return
+    if Exception in handlers or 500 in handlers:
+        return
+    add_handler(Exception, _json_server_error)
+
+
+async def _json_server_error(request: Any, exc: Exception) -> Any:
+    from starlette.responses import Response
+
+    body = error_body("internal_error", "The server failed to process the request.")
+    return Response(body, status_code=500, media_type="application/json")
 
 
 async def _adopt_loggers() -> None:

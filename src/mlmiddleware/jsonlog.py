@@ -7,6 +7,7 @@ several processes sharing a pipe never split while each write stays whole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -266,6 +267,28 @@ class JsonHandler(logging.Handler):
             self.handleError(logging.makeLogRecord({"msg": message, "name": logger_name}))
         finally:
             self.release()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Report a failed write as one JSON line, never as a bare traceback.
+
+        ``logging.Handler.handleError`` prints ``--- Logging error ---`` and a traceback on
+        stderr, which would be the only lines there that a collector cannot parse.
+        """
+        if not logging.raiseExceptions:
+            return
+        exc = sys.exc_info()[1]
+        report = {
+            "ts": self.json_formatter._timestamp(time.time()),
+            "level": "ERROR",
+            "logger": "mlmiddleware.jsonlog",
+            "message": "Writing a log record failed",
+            "pid": os.getpid(),
+            "failed_logger": record.name,
+            "exc_type": _qualified_name(type(exc)) if exc is not None else None,
+            "exc_message": _fallback_str(exc) if exc is not None else None,
+        }
+        with contextlib.suppress(OSError):
+            _write_all(2, _dumps(report))
 
     def _write(self, data: bytes) -> None:
         if self._fd is not None:

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -657,6 +658,23 @@ def test_metrics_batches_over_one(service: ExampleService, load: list[Reply]) ->
     single_item_batches = buckets[1.0]
     assert batches > 0
     assert batches - single_item_batches > 0, f"every one of {batches:g} batches had 1 item"
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool is not installed (Debian package 'prometheus')",
+)
+def test_metrics_pass_promtool(service: ExampleService, load: list[Reply]) -> None:
+    service.require_running()
+    scrape = httpx.get(f"{service.base_url}/metrics", timeout=30).text
+
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=scrape, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+    assert "batch_inference_duration_seconds_bucket" in scrape
 
 
 def test_access_log_request_ids(service: ExampleService, load: list[Reply]) -> None:

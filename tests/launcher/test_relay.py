@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 
-from mlmiddleware.launcher.relay import MAX_LINE_BYTES, LineRelay
+import pytest
+
+from mlmiddleware.launcher.relay import MAX_LINE_BYTES, LineRelay, OutputQueue
 
 
 def read_all(fd: int) -> bytes:
@@ -94,3 +96,55 @@ def test_relay_splits_overlong_line(tmp_path: os.PathLike[str]) -> None:
     with open(output_path, "rb") as output:
         pieces = output.read().split(b"\n")
     assert [len(piece) for piece in pieces] == [MAX_LINE_BYTES, 10, 0]
+
+
+def fill_pipe(write_fd: int) -> int:
+    """Write into the pipe until it is full; return the bytes written."""
+    os.set_blocking(write_fd, False)
+    written = 0
+    try:
+        while True:
+            written += os.write(write_fd, b"f" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_fd, True)
+    return written
+
+
+def test_output_queue_drops_when_reader_stalls(caplog: pytest.LogCaptureFixture) -> None:
+    read_fd, write_fd = os.pipe()
+    filler = fill_pipe(write_fd)
+    output = OutputQueue(write_fd, max_bytes=100)
+
+    lines_sent = [f"line {index:02d} of the stalled reader test\n".encode() for index in range(10)]
+    for line in lines_sent:
+        output.write(line)
+    dropped = output.dropped_lines
+    received = bytearray()
+    while len(received) < filler + 2 * len(lines_sent[0]):
+        received += os.read(read_fd, 65536)
+    output.close()
+    os.close(write_fd)
+    received += os.read(read_fd, 65536)
+    os.close(read_fd)
+
+    lines = bytes(received[filler:]).splitlines()
+    assert dropped == 8
+    assert lines == [b"line 00 of the stalled reader test", b"line 01 of the stalled reader test"]
+    assert any("Dropped 8 output lines" in record.getMessage() for record in caplog.records)
+
+
+def test_output_queue_keeps_order() -> None:
+    read_fd, write_fd = os.pipe()
+    output = OutputQueue(write_fd)
+
+    for index in range(1000):
+        output.write(f"{index}\n".encode())
+    output.close()
+    os.close(write_fd)
+    data = b""
+    while chunk := os.read(read_fd, 65536):
+        data += chunk
+    os.close(read_fd)
+
+    assert data.splitlines() == [str(index).encode() for index in range(1000)]

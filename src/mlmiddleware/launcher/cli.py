@@ -197,10 +197,19 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "app = 'MODULE:ATTR' to [tool.mlmiddleware]\n",
         )
 
-    _configure_logging(config.log_level)
+    from mlmiddleware.jsonlog import configure_logging
+    from mlmiddleware.launcher.relay import OutputQueue, QueuedTextStream
     from mlmiddleware.launcher.supervisor import Supervisor
 
-    return Supervisor(config, environ=os.environ).run()
+    # The launcher's own records and the workers' relayed lines share one queue per fd, so
+    # they keep their order and a stalled reader never blocks the supervisor loop.
+    outputs = (OutputQueue(1), OutputQueue(2))
+    configure_logging(config.log_level.upper(), stream=QueuedTextStream(outputs[1]))  # type: ignore[arg-type]
+    try:
+        return Supervisor(config, environ=os.environ, outputs=outputs).run()
+    finally:
+        for output in outputs:
+            output.close()
 
 
 def _exec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from mlmiddleware.launcher.reaper import (
     reap_children,
     signal_pids,
 )
-from mlmiddleware.launcher.relay import LineRelay
+from mlmiddleware.launcher.relay import LineRelay, OutputQueue
 from mlmiddleware.launcher.signals import (
     FORWARDED_SIGNALS,
     STOP_SIGNALS,
@@ -43,9 +43,9 @@ __all__ = ["CRASH_LOOP_FAILURES", "CRASH_LOOP_WINDOW_SECONDS", "Supervisor"]
 
 logger = logging.getLogger("mlmiddleware.launcher")
 
-# Startup failures (exits before the worker reported ready) that make the launcher give up.
-# NOTE: a worker that takes over 12 s to fail cannot fail 5 times within 60 s, so it is
-# restarted indefinitely, with a backoff of at most 10 s, instead of failing the container.
+# Startup failures (exits before the worker reported ready) that make the launcher give up:
+# this many inside the window, or this many in a row with no worker becoming ready, which
+# catches a worker that takes minutes to load the model before it fails.
 CRASH_LOOP_FAILURES = 5
 CRASH_LOOP_WINDOW_SECONDS = 60.0
 # Restart delay after the n-th consecutive failure of a worker slot: 0.5 s doubling to 10 s.
@@ -81,7 +81,13 @@ class Supervisor:
     pipes, so signal handling, reaping and output relay never race each other.
     """
 
-    def __init__(self, config: RunConfig, *, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        environ: Mapping[str, str],
+        outputs: tuple[OutputQueue, OutputQueue] | None = None,
+    ) -> None:
         if config.app is None:
             raise ValueError("config.app is None: pass MODULE:ATTR or set MLMW_APP")
         self.config = config
@@ -94,6 +100,7 @@ class Supervisor:
         self._restart_at: dict[int, float] = {}
         self._consecutive_failures: dict[int, int] = {}
         self._startup_failures: deque[float] = deque()
+        self._failures_since_ready = 0
         self._stop_signals = 0
         self._kill_at: float | None = None
         self._exit_code: int | None = None
@@ -101,6 +108,8 @@ class Supervisor:
         self._sweep: OrphanSweep | None = None
         self._listener: socket.socket | None = None
         self._private_metrics_dir: str | None = None
+        # Queues in front of the launcher's stdout and stderr; None writes them directly.
+        self._outputs = outputs
 
     def run(self) -> int:
         """Serve until a stop signal or a crash loop; return the launcher's exit status."""
@@ -269,7 +278,11 @@ class Supervisor:
 
         now = time.monotonic()
         worker = _Worker(index, process, notify_read, started_at=now, last_heartbeat=now)
-        worker.relays = [LineRelay(out_read, 1), LineRelay(err_read, 2)]
+        stdout, stderr = self._outputs if self._outputs is not None else (None, None)
+        worker.relays = [
+            LineRelay(out_read, 1, output=stdout),
+            LineRelay(err_read, 2, output=stderr),
+        ]
         self._workers[process.pid] = worker
         self._watch(worker)
         logger.info(
@@ -313,6 +326,7 @@ class Supervisor:
         worker.last_heartbeat = time.monotonic()
         if READY in data and not worker.ready:
             worker.ready = True
+            self._failures_since_ready = 0
             self._consecutive_failures.pop(worker.index, None)
             logger.info(
                 "Worker %d ready after %.1f s, pid=%d",
@@ -373,18 +387,22 @@ class Supervisor:
 
     def _crash_looping(self, now: float) -> bool:
         self._startup_failures.append(now)
+        self._failures_since_ready += 1
         while (
             self._startup_failures and now - self._startup_failures[0] > CRASH_LOOP_WINDOW_SECONDS
         ):
             self._startup_failures.popleft()
-        if len(self._startup_failures) < CRASH_LOOP_FAILURES:
+        in_window = len(self._startup_failures)
+        if in_window < CRASH_LOOP_FAILURES and self._failures_since_ready < CRASH_LOOP_FAILURES:
             return False
 
         logger.error(
-            "Workers failed during startup %d times within %.0f s, stopping the launcher "
-            "with status %d; check the worker errors above",
-            len(self._startup_failures),
+            "Workers failed during startup %d times within %.0f s and %d times since a "
+            "worker was last ready, stopping the launcher with status %d; check the worker "
+            "errors above",
+            in_window,
             CRASH_LOOP_WINDOW_SECONDS,
+            self._failures_since_ready,
             EXIT_CRASH_LOOP,
         )
         self._begin_stop(EXIT_CRASH_LOOP, grace=self.config.graceful_timeout)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from mlmiddleware._registry import PerRegistry
 
 __all__ = ["OUTCOMES", "BatcherMetrics", "size_label"]
 
@@ -63,18 +63,12 @@ class _Families:
     requests: Counter
 
 
-_lock = threading.Lock()
-_families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+# One family per registry and name, so several batchers and apps share it by label.
+_families: PerRegistry[_Families] = PerRegistry()
 
 
 def _families_for(registry: CollectorRegistry) -> _Families:
-    # One family per registry and name, so several batchers and apps share it by label.
-    with _lock:
-        families = _families.get(registry)
-        if families is None:
-            families = _create_families(registry)
-            _families[registry] = families
-        return families
+    return _families.get(registry, _create_families)
 
 
 def _create_families(registry: CollectorRegistry) -> _Families:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter
+
+from mlmiddleware._registry import PerRegistry
 
 __all__ = ["FeedbackMetrics", "feedback_metrics"]
 
@@ -19,10 +19,7 @@ class FeedbackMetrics:
     dropped: Counter
 
 
-_lock = threading.Lock()
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, FeedbackMetrics] = (
-    weakref.WeakKeyDictionary()
-)
+_metrics: PerRegistry[FeedbackMetrics] = PerRegistry()
 
 
 def feedback_metrics(registry: CollectorRegistry | None = None) -> FeedbackMetrics:
@@ -31,14 +28,7 @@ def feedback_metrics(registry: CollectorRegistry | None = None) -> FeedbackMetri
     Every capture in a process shares them, because registering a family twice in one
     registry raises.
     """
-    if registry is None:
-        registry = REGISTRY
-    with _lock:
-        metrics = _by_registry.get(registry)
-        if metrics is None:
-            metrics = _create(registry)
-            _by_registry[registry] = metrics
-    return metrics
+    return _metrics.get(registry, _create)
 
 
 def _create(registry: CollectorRegistry) -> FeedbackMetrics:

@@ -7,12 +7,12 @@ registry instead of registering them again, which would raise "Duplicated timese
 from __future__ import annotations
 
 import itertools
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from mlmiddleware._registry import PerRegistry
 
 __all__ = [
     "DEFAULT_DURATION_BUCKETS",
@@ -60,8 +60,7 @@ class HttpMetrics:
     size_buckets: tuple[float, ...]
 
 
-_lock = threading.Lock()
-_families: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = weakref.WeakKeyDictionary()
+_families: PerRegistry[HttpMetrics] = PerRegistry()
 
 
 def http_metrics(
@@ -79,11 +78,7 @@ def http_metrics(
     duration = _check_buckets("buckets", duration_buckets)
     size = _check_buckets("size_buckets", size_buckets)
 
-    with _lock:
-        metrics = _families.get(target)
-        if metrics is None:
-            metrics = _register(target, duration, size)
-            _families[target] = metrics
+    metrics = _families.get(target, lambda registry: _register(registry, duration, size))
 
     if metrics.duration_buckets != duration or metrics.size_buckets != size:
         raise ValueError(

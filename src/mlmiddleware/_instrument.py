@@ -103,7 +103,7 @@ def instrument(
 
 
 def _install_json_server_error(app: ASGIApp) -> None:
-    """Make a Starlette or FastAPI app answer unhandled exceptions with the JSON error body.
+    """Make a Starlette or FastAPI app respond to unhandled exceptions with the JSON error body.
 
     Starlette's ``ServerErrorMiddleware`` sends its plain-text 500 before the exception
     reaches the toolkit's middleware, so the handler has to live in the app. An app that

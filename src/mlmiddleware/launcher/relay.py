@@ -42,12 +42,12 @@ def write_all(fd: int, data: bytes) -> None:
 class OutputQueue:
     """Write to one file descriptor from a thread of its own, through a bounded queue.
 
-    The launcher relays every worker from one thread. If it wrote to its own stdout or
-    stderr directly, a reader that stops reading (a stalled log shipper) would block that
-    thread, the workers' pipes would fill, and each worker would block in its next log
-    write on the event loop, stalling requests for as long as the reader stalls. Here a
-    full queue drops whole chunks of lines instead, counts them, and a WARNING reports the
-    count once writing resumes.
+    The launcher relays every worker from one thread. If that thread wrote to its own
+    stdout or stderr directly, a reader that stops reading (a stalled log shipper) would
+    block it. The workers' pipes would then fill, and each worker would block in its next
+    log write on the event loop, so requests would stall for as long as the reader does.
+    Here a full queue drops whole chunks of lines instead, counts them, and a WARNING
+    reports the count once writing resumes.
     """
 
     def __init__(self, fd: int, *, max_bytes: int = DEFAULT_QUEUE_BYTES) -> None:

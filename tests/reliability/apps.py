@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 import mlmiddleware
@@ -37,6 +39,15 @@ ITEM_KEYS = frozenset({"x", "delay_ms", "fail", "hang", "mark"})
 
 release = threading.Event()
 api = FastAPI(title="reliability")
+
+
+@api.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default handler encodes the raw body into its 422 and fails with a
+    # UnicodeDecodeError, so a 500, on a body that is not UTF-8 (b"\x80" is enough).
+    # Any app with body-validated routes needs a handler like this one.
+    errors = [{"loc": error.get("loc"), "msg": error.get("msg")} for error in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 @api.get("/")

@@ -7,14 +7,14 @@ how to fix it; ``request_id`` is the id of the request (``null`` outside a reque
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import orjson
 
 from mlmiddleware._context import get_request_id
-from mlmiddleware._types import Send
+from mlmiddleware._types import Scope, Send
 
-__all__ = ["error_body", "error_headers", "send_error"]
+__all__ = ["error_body", "error_headers", "send_error", "send_method_not_allowed"]
 
 
 def error_body(error_type: str, message: str, *, request_id: str | None = None) -> bytes:
@@ -56,3 +56,13 @@ async def send_error(
 
     await send(start)
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_method_not_allowed(
+    send: Send, scope: Scope, allowed: Sequence[str], *, hint: str = ""
+) -> None:
+    """Send a 405 naming the request's method and the ``allowed`` ones, with ``Allow``."""
+    use = " or ".join(allowed)
+    message = f"method {scope['method']} is not allowed on {scope['path']}: use {use}{hint}"
+    allow = ", ".join(allowed).encode("latin-1")
+    await send_error(send, 405, "method_not_allowed", message, headers=[(b"allow", allow)])

@@ -10,7 +10,7 @@ from typing import Any
 import anyio.to_thread
 
 from mlmiddleware._context import get_request_id
-from mlmiddleware._errors import send_error
+from mlmiddleware._errors import send_error, send_method_not_allowed
 from mlmiddleware._types import Receive, Scope, Send
 from mlmiddleware.batching._protocol import (
     ParsedRequest,
@@ -105,13 +105,7 @@ class BatchingEndpoint:
         if scope["type"] != "http":
             return
         if scope["method"] != "POST":
-            await send_error(
-                send,
-                405,
-                "method_not_allowed",
-                f"method {scope['method']} is not allowed here: send POST with a JSON body",
-                headers=[(b"allow", b"POST")],
-            )
+            await send_method_not_allowed(send, scope, ("POST",), hint=" with a JSON body")
             return
 
         try:

@@ -10,7 +10,7 @@ import anyio.to_thread
 import orjson
 
 from mlmiddleware._context import get_request_id
-from mlmiddleware._errors import send_error
+from mlmiddleware._errors import send_error, send_method_not_allowed
 from mlmiddleware._types import Receive, Scope, Send
 from mlmiddleware.feedback._validation import FeedbackValidationError, parse_feedback
 from mlmiddleware.feedback.capture import (
@@ -91,13 +91,7 @@ class FeedbackApp:
             return
 
         if scope["method"] != "POST":
-            await send_error(
-                send,
-                405,
-                "method_not_allowed",
-                f"method {scope['method']} is not allowed on {scope['path']}: use POST",
-                headers=[(b"allow", b"POST")],
-            )
+            await send_method_not_allowed(send, scope, ("POST",))
             return
         if not await self._check_headers(scope, send):
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from mlmiddleware._errors import send_error
+from mlmiddleware._errors import send_method_not_allowed
 from mlmiddleware._lifecycle import AppLifecycle
 from mlmiddleware._types import Receive, Scope, Send
 from mlmiddleware.health.checks import CheckKind, HealthChecks
@@ -41,14 +41,7 @@ class ProbeEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
         if method not in _ALLOWED_METHODS:
-            await send_error(
-                send,
-                405,
-                "method_not_allowed",
-                f"method {method} is not allowed on the {self.kind} probe {scope['path']}: "
-                "use GET or HEAD",
-                headers=[(b"allow", b"GET, HEAD")],
-            )
+            await send_method_not_allowed(send, scope, ("GET", "HEAD"))
             return
 
         startup_complete = self.lifecycle is None or self.lifecycle.startup_complete

@@ -11,7 +11,7 @@ import anyio.to_thread
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from mlmiddleware._errors import send_error
+from mlmiddleware._errors import send_method_not_allowed
 from mlmiddleware._types import Receive, Scope, Send
 from mlmiddleware.metrics.multiprocess import multiprocess_dir, multiprocess_registry
 
@@ -42,13 +42,7 @@ class MetricsApp:
 
         method: str = scope["method"]
         if method not in ("GET", "HEAD"):
-            await send_error(
-                send,
-                405,
-                "method_not_allowed",
-                f"method {method} is not allowed on the metrics endpoint: use GET",
-                headers=[(b"allow", b"GET, HEAD")],
-            )
+            await send_method_not_allowed(send, scope, ("GET", "HEAD"))
             return
 
         accept, accept_encoding = _negotiation_headers(scope)

@@ -254,7 +254,7 @@ class JsonHandler(logging.Handler):
         """Write the line that ``emit`` would write for a record with these fields.
 
         Only valid where ``sole_json_handler`` found this handler to be the one consumer
-        of such a record: no ``LogRecord`` is built, so no filter or other handler sees it.
+        of such a record: no ``LogRecord`` is built, so no filter or other handler receives it.
         """
         data = self.json_formatter.event_bytes(
             logging.getLevelName(level), logger_name, message, event_fields

@@ -100,7 +100,7 @@ def _create_families(registry: CollectorRegistry) -> _Families:
             "Items waiting in the queue.",
             ["model"],
             registry=registry,
-            # Summed over live workers, so an autoscaler sees one series per model and a
+            # Summed over live workers, so an autoscaler reads one series per model and a
             # dead worker's last value drops out.
             multiprocess_mode="livesum",
         ),

@@ -43,8 +43,8 @@ __all__ = ["CRASH_LOOP_FAILURES", "CRASH_LOOP_WINDOW_SECONDS", "Supervisor"]
 
 logger = logging.getLogger("mlmiddleware.launcher")
 
-# Startup failures (exits before the worker reported ready) that make the launcher give up:
-# this many inside the window, or this many in a row with no worker becoming ready, which
+# Startup failures (exits before the worker reported ready) that make the launcher give up,
+# counted inside the window or in a row with no worker becoming ready. The second count
 # catches a worker that takes minutes to load the model before it fails.
 CRASH_LOOP_FAILURES = 5
 CRASH_LOOP_WINDOW_SECONDS = 60.0

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Host, Match, Mount
 
 from mlmiddleware._types import Scope
 
-__all__ = ["ROUTE_SCOPE_KEY", "UNMATCHED_ROUTE", "RouteResolver", "find_routes"]
+__all__ = ["ROUTE_SCOPE_KEY", "UNMATCHED_ROUTE", "RouteResolver", "find_routes", "route_path"]
 
 ROUTE_SCOPE_KEY = "mlmiddleware.route"
 
@@ -76,7 +76,7 @@ class RouteResolver:
         return route
 
     def _lookup(self, scope: Scope) -> str:
-        path = _route_path(scope)
+        path = route_path(scope)
         if path in self.extra_paths:
             return path
         if self._routes is None:
@@ -97,7 +97,7 @@ class RouteResolver:
         return route
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """Return the path relative to ``root_path``, as Starlette's router matches it."""
     path: str = scope.get("path", "")
     root_path: str = scope.get("root_path", "")

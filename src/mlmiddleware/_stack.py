@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlmiddleware._lifecycle import AppLifecycle
-from mlmiddleware._routes import RouteResolver
+from mlmiddleware._routes import RouteResolver, route_path
 from mlmiddleware._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -83,10 +83,5 @@ class ToolkitRouter:
             await self.app(scope, receive, send)
             return
 
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
-
-        target = self.routes.get(path, self.app)
+        target = self.routes.get(route_path(scope), self.app)
         await target(scope, receive, send)

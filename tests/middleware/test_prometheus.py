@@ -25,6 +25,7 @@ from mlmiddleware._context import RequestContext, current_request_context
 from mlmiddleware._types import ASGIApp, Message, Receive, Scope, Send
 from mlmiddleware.metrics.app import metrics_app
 from mlmiddleware.middleware.prometheus import PrometheusMiddleware
+from tests.asgi import http_scope
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -57,20 +58,7 @@ async def call(
     disconnect_first: bool = False,
 ) -> list[Message]:
     """Send one request through ``app`` and return the messages it sent."""
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": root_path + path,
-        "raw_path": (root_path + path).encode(),
-        "root_path": root_path,
-        "query_string": b"",
-        "headers": list(headers),
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope: Scope = http_scope(path, method=method, headers=headers, root_path=root_path)
     incoming: list[Message] = []
     if not disconnect_first:
         for index, chunk in enumerate(body):

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mlmiddleware._logrecord import RecordMaker
-from mlmiddleware._routes import RouteResolver
+from mlmiddleware._routes import RouteResolver, route_path
 from mlmiddleware._types import ASGIApp, Message, Receive, Scope, Send
 from mlmiddleware.jsonlog import sole_json_handler
 
@@ -53,7 +53,7 @@ class AccessLogMiddleware:
         if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
-        if _relative_path(scope) in self.exclude_paths:
+        if route_path(scope) in self.exclude_paths:
             await self.app(scope, receive, send)
             return
 
@@ -152,14 +152,6 @@ class AccessLogMiddleware:
 
         exc_info = None if exc is None else (type(exc), exc, exc.__traceback__)
         self.logger.handle(self._records.make(level, fields, exc_info))
-
-
-def _relative_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path):
-        return path[len(root_path) :] or "/"
-    return path
 
 
 def _is_disconnect(exc: BaseException) -> bool:

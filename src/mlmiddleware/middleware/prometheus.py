@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlmiddleware._context import get_request_context
-from mlmiddleware._routes import RouteResolver
+from mlmiddleware._routes import RouteResolver, route_path
 from mlmiddleware._types import ASGIApp, Message, Receive, Scope, Send
 from mlmiddleware.metrics.http import (
     DEFAULT_DURATION_BUCKETS,
@@ -192,11 +192,7 @@ class PrometheusMiddleware:
     def _is_excluded(self, scope: Scope, route: str) -> bool:
         if route in self.exclude_paths:
             return True
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
-        return path in self.exclude_paths
+        return route_path(scope) in self.exclude_paths
 
     def _add_children(self, method: str, route: str) -> _RouteChildren:
         children = _RouteChildren(self.metrics, method, route)

@@ -1,9 +1,9 @@
 """Run the embedding service under ``mlmiddleware run`` and use it on real sentences.
 
-Starts the launcher on a free 127.0.0.1 port, waits for readiness, embeds the demo
-sentences (one request per sentence, concurrently, so they share batches), prints
-cosine similarities, posts a feedback record, shows the batch-size metrics, then sends
-SIGTERM and reports the exit status. Used by ``nox -s demo``.
+Starts the launcher on a free 127.0.0.1 port and waits for readiness. It then embeds the
+demo sentences with one concurrent request per sentence, so they share batches, and
+prints their cosine similarities. Last, it posts a feedback record, shows the batch-size
+metrics, sends SIGTERM and reports the exit status. Used by ``nox -s demo``.
 """
 
 from __future__ import annotations

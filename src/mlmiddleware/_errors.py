@@ -1,8 +1,8 @@
 """The JSON error body shared by every error response the toolkit produces.
 
 Shape: ``{"error": {"type": ..., "message": ..., "request_id": ...}}``. ``type`` is a
-stable snake_case code that clients can switch on; ``message`` states what was wrong and
-how to fix it; ``request_id`` is the id of the request (``null`` outside a request).
+stable snake_case code that clients can switch on. ``message`` states what was wrong and
+how to fix it. ``request_id`` is the id of the request, ``null`` outside a request.
 """
 
 from __future__ import annotations

@@ -24,10 +24,10 @@ class BodySizeLimitMiddleware:
     """Reject with 413 a request whose body is larger than ``max_body_bytes``.
 
     A ``Content-Length`` over the limit is rejected before the app runs. A chunked body is
-    counted as it streams: the chunk that crosses the limit is never handed to the app,
-    whose ``receive`` raises ``BodyTooLarge`` instead, and whatever response the app then
-    tries to send is replaced by the 413 (unless it had already started its response, in
-    which case the exception propagates).
+    counted as it streams, and the chunk that crosses the limit is never handed to the app:
+    its ``receive`` raises ``BodyTooLarge`` instead. Whatever response the app then tries to
+    send is replaced by the 413. If the app had already started its response, the
+    exception propagates instead.
     """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:

@@ -37,3 +37,9 @@ class PerRegistry(Generic[T]):
                 value = create(target)
                 self._values[target] = value
             return value
+
+    def peek(self, registry: CollectorRegistry | None) -> T | None:
+        """Return the value of ``registry`` if one was built, without building it."""
+        target = REGISTRY if registry is None else registry
+        with self._lock:
+            return self._values.get(target)

@@ -20,6 +20,8 @@ __all__ = [
     "HTTP_LABELS",
     "HTTP_STATUS_LABELS",
     "HttpMetrics",
+    "check_buckets",
+    "existing_http_metrics",
     "http_metrics",
 ]
 
@@ -45,6 +47,12 @@ DEFAULT_SIZE_BUCKETS: tuple[float, ...] = tuple(float(4**exponent) for exponent 
 
 HTTP_LABELS = ("method", "route")
 HTTP_STATUS_LABELS = ("method", "route", "status")
+
+REQUESTS_HELP = "HTTP requests by method, route template and status code."
+DURATION_HELP = "Time from receiving an HTTP request to sending the end of its response."
+IN_PROGRESS_HELP = "HTTP requests being served."
+REQUEST_SIZE_HELP = "Bytes of request body received, counted from the body messages."
+RESPONSE_SIZE_HELP = "Bytes of response body sent, counted from the body messages (0 for HEAD)."
 
 
 @dataclass(frozen=True)
@@ -75,8 +83,8 @@ def http_metrics(
     it was first given, so requesting them again with other buckets raises ``ValueError``.
     """
     target = REGISTRY if registry is None else registry
-    duration = _check_buckets("buckets", duration_buckets)
-    size = _check_buckets("size_buckets", size_buckets)
+    duration = check_buckets("buckets", duration_buckets)
+    size = check_buckets("size_buckets", size_buckets)
 
     metrics = _families.get(target, lambda registry: _register(registry, duration, size))
 
@@ -89,7 +97,13 @@ def http_metrics(
     return metrics
 
 
-def _check_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
+def existing_http_metrics(registry: CollectorRegistry | None) -> HttpMetrics | None:
+    """Return the families ``http_metrics()`` registered on ``registry``, if it did."""
+    return _families.peek(registry)
+
+
+def check_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
+    """Return ``buckets`` as floats, or raise ``ValueError`` naming ``name`` and the fix."""
     bounds = tuple(float(bound) for bound in buckets)
     if not bounds or any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
         raise ValueError(f"invalid {name}={buckets!r}: give one or more strictly increasing bounds")
@@ -103,13 +117,13 @@ def _register(
         return HttpMetrics(
             requests=Counter(
                 "http_requests",
-                "HTTP requests by method, route template and status code.",
+                REQUESTS_HELP,
                 HTTP_STATUS_LABELS,
                 registry=registry,
             ),
             duration=Histogram(
                 "http_request_duration_seconds",
-                "Time from receiving an HTTP request to sending the end of its response.",
+                DURATION_HELP,
                 HTTP_LABELS,
                 unit="seconds",
                 buckets=duration,
@@ -119,14 +133,14 @@ def _register(
             # without a pid label, and a dead worker's requests stop counting.
             in_progress=Gauge(
                 "http_requests_in_progress",
-                "HTTP requests being served.",
+                IN_PROGRESS_HELP,
                 HTTP_LABELS,
                 multiprocess_mode="livesum",
                 registry=registry,
             ),
             request_size=Histogram(
                 "http_request_size_bytes",
-                "Bytes of request body received, counted from the body messages.",
+                REQUEST_SIZE_HELP,
                 HTTP_LABELS,
                 unit="bytes",
                 buckets=size,
@@ -134,7 +148,7 @@ def _register(
             ),
             response_size=Histogram(
                 "http_response_size_bytes",
-                "Bytes of response body sent, counted from the body messages (0 for HEAD).",
+                RESPONSE_SIZE_HELP,
                 HTTP_LABELS,
                 unit="bytes",
                 buckets=size,

@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlmiddleware._context import get_request_context
 from mlmiddleware._routes import RouteResolver, route_path
 from mlmiddleware._types import ASGIApp, Message, Receive, Scope, Send
-from mlmiddleware.metrics.http import (
-    DEFAULT_DURATION_BUCKETS,
-    DEFAULT_SIZE_BUCKETS,
-    HttpMetrics,
-    http_metrics,
-)
+from mlmiddleware.metrics.http import DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS
+from mlmiddleware.metrics.http_series import RouteSeries, http_series_source
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -37,39 +33,6 @@ OTHER_METHOD = "OTHER"
 
 # Status recorded when the client disconnects before the response completes, as nginx does.
 CLIENT_CLOSED_STATUS = 499
-
-
-class _RouteChildren:
-    """Label children of one (method, route) pair, so a request does no label lookup."""
-
-    __slots__ = (
-        "duration",
-        "in_progress",
-        "is_head",
-        "method",
-        "request_size",
-        "requests",
-        "response_size",
-        "route",
-    )
-
-    def __init__(self, metrics: HttpMetrics, method: str, route: str) -> None:
-        self.method = method
-        self.route = route
-        # Servers drop the body of a HEAD response, so none of it counts as sent.
-        self.is_head = method == "HEAD"
-        self.duration = metrics.duration.labels(method, route)
-        self.in_progress = metrics.in_progress.labels(method, route)
-        self.request_size = metrics.request_size.labels(method, route)
-        self.response_size = metrics.response_size.labels(method, route)
-        # Counter children by status code, filled as statuses appear.
-        self.requests: dict[int, Any] = {}
-
-    def add_status(self, metrics: HttpMetrics, status: int) -> Any:
-        """Create, cache and return the request counter child for ``status``."""
-        counter = metrics.requests.labels(self.method, self.route, str(status))
-        self.requests[status] = counter
-        return counter
 
 
 class PrometheusMiddleware:
@@ -101,11 +64,13 @@ class PrometheusMiddleware:
         route_resolver: RouteResolver | None = None,
     ) -> None:
         self.app = app
-        self.metrics = http_metrics(registry, duration_buckets=buckets, size_buckets=size_buckets)
+        self.series_source = http_series_source(
+            registry, duration_buckets=buckets, size_buckets=size_buckets
+        )
         self.exclude_paths = frozenset(exclude_paths)
         self.exemplars = exemplars
         self.route_resolver = route_resolver if route_resolver is not None else RouteResolver(app)
-        self._children: dict[tuple[str, str], _RouteChildren] = {}
+        self._series: dict[tuple[str, str], RouteSeries] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,9 +85,9 @@ class PrometheusMiddleware:
         method: str = scope["method"]
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        children = self._children.get((method, route))
-        if children is None:
-            children = self._add_children(method, route)
+        series = self._series.get((method, route))
+        if series is None:
+            series = self._add_series(method, route)
 
         # Everything below runs per request, so it stays in one frame with plain locals.
         status = 0
@@ -154,7 +119,7 @@ class PrometheusMiddleware:
                 complete = True
             await send(message)
 
-        children.in_progress.inc()
+        series.begin()
         start = time.perf_counter()
         failed = True
         try:
@@ -162,7 +127,6 @@ class PrometheusMiddleware:
             failed = False
         finally:
             elapsed = time.perf_counter() - start
-            children.in_progress.dec()
             # NOTE: a disconnect counts only once the app reads ``http.disconnect`` from
             # ``receive``. uvicorn drops sends after a disconnect without an error, so an
             # app that never reads is recorded with the status it sent.
@@ -171,17 +135,8 @@ class PrometheusMiddleware:
             elif (failed and not complete) or status == 0:
                 # An app that returns without starting a response gets a 500 from the server.
                 status = 500
-
-            counter = children.requests.get(status)
-            if counter is None:
-                counter = children.add_status(self.metrics, status)
-            counter.inc()
-            if self.exemplars:
-                children.duration.observe(elapsed, self._exemplar())
-            else:
-                children.duration.observe(elapsed)
-            children.request_size.observe(received)
-            children.response_size.observe(0 if children.is_head else sent)
+            exemplar = self._exemplar() if self.exemplars else None
+            series.end(status, elapsed, received, sent, exemplar)
 
     def _exemplar(self) -> dict[str, str] | None:
         context = get_request_context()
@@ -194,10 +149,10 @@ class PrometheusMiddleware:
             return True
         return route_path(scope) in self.exclude_paths
 
-    def _add_children(self, method: str, route: str) -> _RouteChildren:
-        children = _RouteChildren(self.metrics, method, route)
-        self._children[(method, route)] = children
-        return children
+    def _add_series(self, method: str, route: str) -> RouteSeries:
+        series = self.series_source.series(method, route)
+        self._series[(method, route)] = series
+        return series
 
 
 def _file_size(path: str) -> int:

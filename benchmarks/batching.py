@@ -7,6 +7,10 @@ model:
   throughput is far below the server's HTTP ceiling, so batching decides the result.
 - ``http``: MLP 512->2048->512 (one torch thread), 512 floats of JSON per item, so the
   front end decides the result.
+- ``device``: a simulated accelerator. A batch takes 8 ms plus 0.25 ms per item, slept
+  with the GIL released, so the model uses no CPU of the server's core, as a GPU kernel
+  would not. Items are 1024 floats, as in ``model``. It isolates how well a server
+  keeps the device busy from how much CPU its front end costs.
 
 Each contender is a separate server process pinned to CPU 0, and the load generator is
 pinned to CPU 1:
@@ -62,12 +66,24 @@ QUICK_CONCURRENCY = (1, 16, 256)
 @dataclass(frozen=True)
 class Regime:
     name: str
+    # Layer widths of the MLP. The first is the item width.
     layers: tuple[int, ...]
+    # (fixed ms, ms per item) of a simulated device batch, or None for a real MLP.
+    device_ms: tuple[float, float] | None = None
+
+    @property
+    def title(self) -> str:
+        """Describe the model in a table or plot heading."""
+        if self.device_ms is None:
+            return f"{self.name}: MLP {'->'.join(map(str, self.layers))}"
+        fixed, per_item = self.device_ms
+        return f"{self.name}: {fixed:g} ms + {per_item:g} ms per item, {self.layers[0]} floats"
 
 
 REGIMES = {
     "model": Regime("model-bound", (1024, 4096, 4096, 1024)),
     "http": Regime("HTTP-bound", (512, 2048, 512)),
+    "device": Regime("device-bound", (1024,), device_ms=(8.0, 0.25)),
 }
 
 
@@ -94,6 +110,8 @@ def make_forward(regime: Regime) -> Any:
     import numpy as np
     import torch
 
+    if regime.device_ms is not None:
+        return _device_forward(*regime.device_ms)
     model = build_model(regime)
 
     def forward(items: list[Any]) -> list[Any]:
@@ -101,6 +119,25 @@ def make_forward(regime: Regime) -> Any:
         with torch.inference_mode():
             output = model(batch)
         return list(output.numpy())
+
+    return forward
+
+
+def _device_forward(fixed_ms: float, per_item_ms: float) -> Any:
+    """Return a forward that converts the batch on the CPU, then waits like a device."""
+    import threading
+
+    import numpy as np
+
+    # One device runs one batch at a time, so concurrent callers queue for it.
+    device = threading.Lock()
+
+    def forward(items: list[Any]) -> list[Any]:
+        batch = np.asarray(items, dtype=np.float32)
+        with device:
+            # time.sleep releases the GIL, as a CUDA synchronize does while kernels run.
+            time.sleep((fixed_ms + per_item_ms * len(items)) / 1000)
+        return list(batch * np.float32(0.5))
 
     return forward
 
@@ -459,7 +496,7 @@ def report(rows: list[dict[str, Any]], offline: dict[str, dict[str, float]]) -> 
     lines = []
     for regime_key, numbers in offline.items():
         regime = REGIMES[regime_key]
-        lines.append(f"\n### {regime.name}: MLP {'->'.join(map(str, regime.layers))}\n")
+        lines.append(f"\n### {regime.title}\n")
         lines.append(
             f"Offline: single-item forward {numbers['single_forward_ms']:.2f} ms, "
             f"batch-{MAX_BATCH_SIZE} throughput {numbers['batch_items_per_s']:.0f} items/s.\n"

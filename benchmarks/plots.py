@@ -65,7 +65,7 @@ def plot_concurrency(document: dict[str, Any], path: Path) -> None:
             axes[0][column].plot(levels, [p[1] for p in points], "o-", color=color, label=label)
             axes[1][column].plot(levels, [p[2] for p in points], "o-", color=color, label=label)
 
-        name = f"{REGIMES[regime].name}: MLP {'->'.join(map(str, REGIMES[regime].layers))}"
+        name = REGIMES[regime].title
         axes[0][column].set_title(f"{name}\nitems/s (log scale)")
         axes[0][column].set_yscale("log")
         axes[1][column].set_title("p99 latency (ms, log scale)")

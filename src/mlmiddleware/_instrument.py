@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlmiddleware._errors import error_body
+from mlmiddleware._gc import freeze_startup_heap
 from mlmiddleware._lifespan import LifespanMiddleware
 from mlmiddleware._stack import StackBuilder, ToolkitRouter
 from mlmiddleware._types import ASGIApp
@@ -50,6 +51,7 @@ def instrument(
     feedback: Any = None,
     feedback_path: str = "/feedback",
     batchers: Sequence[Any] = (),
+    freeze_gc: bool = True,
 ) -> ASGIApp:
     """Wrap ``app`` with the toolkit's middleware stack and mount the toolkit's routes.
 
@@ -63,6 +65,10 @@ def instrument(
     ``health`` is ``True`` for a fresh ``HealthChecks``, a ``HealthChecks`` of your own,
     or ``False`` for no probe routes. ``batchers`` are started, warmed up, watched by
     the probes and drained with the app's lifespan.
+
+    With ``freeze_gc`` the last startup step calls ``gc.freeze()``: the objects that
+    exist once the app has started (the model, torch, the libraries) are left out of
+    later garbage collections, which otherwise pause every request while they walk them.
     """
     _install_json_server_error(app)
     _check_options(
@@ -93,6 +99,8 @@ def instrument(
         feedback_path=feedback_path,
         batchers=batchers,
     )
+    if freeze_gc:
+        builder.startup_hooks.append(freeze_startup_heap)
     return _assemble(
         builder,
         request_id_header=request_id_header,

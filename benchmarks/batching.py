@@ -34,7 +34,7 @@ Usage: python benchmarks/batching.py [--quick] [--rounds N] [--duration S] [--re
 ``--quick`` (1 round of 1.5 s at concurrency 1, 16 and 256) finishes in about 3 minutes
 and writes ``benchmarks/results/batching-quick.json``. A full run writes
 ``benchmarks/results/batching.json`` (or ``--json F``). ``benchmarks/plots.py`` draws the
-plots from ``benchmarks/results/batching_sweep.json``, which ``run_all.py`` writes.
+plots from ``benchmarks/results/batching.json``.
 """
 
 from __future__ import annotations

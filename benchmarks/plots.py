@@ -1,7 +1,7 @@
 """Draw the benchmark plots in ``docs/`` from the result files in ``benchmarks/results/``.
 
 - ``docs/batching-benchmark.svg``: items/s and p99 latency against concurrency for each
-  contender of ``batching.py``, one column per regime, from ``batching_sweep.json``.
+  contender of ``batching.py``, one column per regime, from ``batching.json``.
 - ``docs/batching-inference-duration.svg``: ``batch_inference_duration_seconds`` by batch
   size, as scraped from the batcher's ``/metrics``: mean, and p50 and p99 estimated from
   the histogram buckets.
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--suffix", default="", help="result file suffix, e.g. -quick")
     args = parser.parse_args()
 
-    batching = args.results / f"batching_sweep{args.suffix}.json"
+    batching = args.results / f"batching{args.suffix}.json"
     if batching.exists():
         document = json.loads(batching.read_text())
         plot_concurrency(document, args.out / "batching-benchmark.svg")

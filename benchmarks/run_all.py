@@ -1,10 +1,8 @@
 """Run every benchmark in sequence, write the result files and print the tables.
 
 Each benchmark runs as its own process, one after another, so no two of them share the
-CPUs. Results go to ``benchmarks/results/<name>.json`` and the plots to ``docs/``. The
-batching sweep writes ``batching_sweep.json``, so the 3-round record in ``batching.json``
-behind the tables of docs/batching.md stays as it is. A full run takes about 17 minutes
-on 2 cores. With ``--quick`` every benchmark does a short smoke run (about 5 minutes in
+CPUs. Results go to ``benchmarks/results/<name>.json`` and the plots to ``docs/``. A
+full run takes about 35 minutes on 2 cores, 20 of them for the batching benchmark. With ``--quick`` every benchmark does a short smoke run (about 5 minutes in
 all), the results go to ``benchmarks/results/<name>-quick.json`` and the plots to
 ``benchmarks/results/plots-quick/``, so the recorded figures stay untouched.
 
@@ -31,7 +29,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "log_relay": ("log_relay.py", ["--lines", "100000", "--rounds", "5"]),
     "http_overhead": ("http_overhead.py", ["--rounds", "5", "--duration", "5"]),
     "stack_overhead": ("stack_overhead.py", ["--rounds", "5", "--duration", "5"]),
-    "batching_sweep": ("batching.py", ["--rounds", "1", "--duration", "3"]),
+    "batching": ("batching.py", ["--rounds", "3", "--duration", "3"]),
     "scaling": ("scaling.py", ["--rounds", "3", "--duration", "8"]),
     "memory": ("memory.py", ["--requests", "100000"]),
 }
@@ -40,7 +38,7 @@ QUICK_ARGUMENTS = {
     "log_relay": ["--quick"],
     "http_overhead": ["--quick"],
     "stack_overhead": ["--quick"],
-    "batching_sweep": ["--quick"],
+    "batching": ["--quick"],
     "scaling": ["--quick"],
     "memory": ["--quick"],
 }

@@ -21,8 +21,10 @@ __all__ = [
     "HTTP_STATUS_LABELS",
     "HttpMetrics",
     "check_buckets",
+    "check_same_buckets",
     "existing_http_metrics",
     "http_metrics",
+    "registration_error",
 ]
 
 # Seconds from 5 ms (a small model on CPU) to 60 s (a long generation or a large batch).
@@ -88,13 +90,31 @@ def http_metrics(
 
     metrics = _families.get(target, lambda registry: _register(registry, duration, size))
 
-    if metrics.duration_buckets != duration or metrics.size_buckets != size:
-        raise ValueError(
-            f"the HTTP metrics of registry {target!r} already use duration buckets "
-            f"{metrics.duration_buckets} and size buckets {metrics.size_buckets}: pass the "
-            "same buckets to every PrometheusMiddleware on one registry, or use another registry"
-        )
+    check_same_buckets(target, (metrics.duration_buckets, metrics.size_buckets), (duration, size))
     return metrics
+
+
+def check_same_buckets(
+    registry: CollectorRegistry,
+    existing: tuple[tuple[float, ...], tuple[float, ...]],
+    requested: tuple[tuple[float, ...], tuple[float, ...]],
+) -> None:
+    """Raise ``ValueError`` when ``requested`` (duration, size) buckets differ from ``existing``."""
+    if existing != requested:
+        raise ValueError(
+            f"the HTTP metrics of registry {registry!r} already use duration buckets "
+            f"{existing[0]} and size buckets {existing[1]}: pass the same buckets to every "
+            "PrometheusMiddleware on one registry, or use another registry"
+        )
+
+
+def registration_error(registry: CollectorRegistry, exc: ValueError) -> ValueError:
+    """Return the error for HTTP metric names that another library already registered."""
+    return ValueError(
+        f"cannot register the HTTP metrics in {registry!r} ({exc}): another library "
+        "registered the same names there; pass registry=CollectorRegistry() to "
+        "PrometheusMiddleware and instrument()"
+    )
 
 
 def existing_http_metrics(registry: CollectorRegistry | None) -> HttpMetrics | None:
@@ -158,8 +178,4 @@ def _register(
             size_buckets=size,
         )
     except ValueError as exc:
-        raise ValueError(
-            f"cannot register the HTTP metrics in {registry!r} ({exc}): another library "
-            "registered the same names there; pass registry=CollectorRegistry() to "
-            "PrometheusMiddleware and instrument()"
-        ) from exc
+        raise registration_error(registry, exc) from exc

@@ -21,7 +21,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, metrics, values
+from prometheus_client import REGISTRY, CollectorRegistry, metrics, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
@@ -36,8 +36,10 @@ from mlmiddleware.metrics.http import (
     RESPONSE_SIZE_HELP,
     HttpMetrics,
     check_buckets,
+    check_same_buckets,
     existing_http_metrics,
     http_metrics,
+    registration_error,
 )
 
 __all__ = [
@@ -315,14 +317,10 @@ def http_series_source(
             http_metrics(registry, duration_buckets=duration, size_buckets=size)
         )
 
-    collector = _collectors.get(registry, lambda target: _register(target, duration, size))
-    if collector.duration_buckets != duration or collector.size_buckets != size:
-        raise ValueError(
-            f"the HTTP metrics of registry {registry!r} already use duration buckets "
-            f"{collector.duration_buckets} and size buckets {collector.size_buckets}: pass "
-            "the same buckets to every PrometheusMiddleware on one registry, or use another "
-            "registry"
-        )
+    target = REGISTRY if registry is None else registry
+    collector = _collectors.get(target, lambda target: _register(target, duration, size))
+    existing = (collector.duration_buckets, collector.size_buckets)
+    check_same_buckets(target, existing, (duration, size))
     return collector
 
 
@@ -333,11 +331,7 @@ def _register(
     try:
         registry.register(collector)
     except ValueError as exc:
-        raise ValueError(
-            f"cannot register the HTTP metrics in {registry!r} ({exc}): another library "
-            "registered the same names there; pass registry=CollectorRegistry() to "
-            "PrometheusMiddleware and instrument()"
-        ) from exc
+        raise registration_error(registry, exc) from exc
     return collector
 
 

@@ -1,7 +1,7 @@
 """Compare mlmiddleware's Batcher with one-forward-per-request serving and with mosec.
 
-Two regimes, because on a CPU box the HTTP front end and JSON can cost more than a small
-model:
+Three regimes, because on a CPU box the HTTP front end and JSON can cost more than a small
+model, and a GPU does not use the server's CPU at all:
 
 - ``model``: MLP 1024->4096->4096->1024 (one torch thread). Its offline batch-32
   throughput is far below the server's HTTP ceiling, so batching decides the result.
@@ -19,7 +19,10 @@ pinned to CPU 1:
   the server alone.
 - ``direct``: uvicorn running one forward per request in a thread.
 - ``batcher``: uvicorn with ``instrument()`` and ``batching_endpoint``,
-  ``max_batch_size=32`` and no access log.
+  ``max_batch_size=32`` and no access log, with the default policy: dispatch at once
+  while the worker is idle.
+- ``batcher_timer``: the same with the timer policy, ``dispatch_when_idle=False`` and
+  ``max_wait_ms=10``, as mosec's window.
 - ``mosec``: its Rust front end with one Python worker process, ``max_batch_size=32``,
   ``max_wait_time=10`` ms, and orjson in both directions.
 
@@ -58,7 +61,7 @@ SERVER_CPUS = {0}
 LOAD_CPUS = {1}
 MAX_BATCH_SIZE = 32
 MOSEC_WAIT_MS = 10
-CONTENDERS = ("bare", "direct", "batcher", "mosec")
+CONTENDERS = ("bare", "direct", "batcher", "batcher_timer", "mosec")
 CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_CONCURRENCY = (1, 16, 256)
 
@@ -151,8 +154,15 @@ def uvicorn_app(kind: str, regime: Regime) -> Any:
     from mlmiddleware.batching import Batcher, batching_endpoint
 
     forward = make_forward(regime)
-    if kind == "batcher":
-        batcher = Batcher(forward, max_batch_size=MAX_BATCH_SIZE, name="mlp")
+    if kind in ("batcher", "batcher_timer"):
+        timer = kind == "batcher_timer"
+        batcher = Batcher(
+            forward,
+            max_batch_size=MAX_BATCH_SIZE,
+            name="mlp",
+            dispatch_when_idle=not timer,
+            max_wait_ms=MOSEC_WAIT_MS,
+        )
         return instrument(
             batching_endpoint(batcher),
             batchers=[batcher],
@@ -527,14 +537,21 @@ def summary(rows: list[dict[str, Any]], regime: str, numbers: dict[str, float]) 
         ratio = batcher_64["items_per_s"] / mosec_64["items_per_s"]
         lines.append(f"- batcher / mosec items/s at concurrency 64: {ratio:.2f}")
 
-    batcher_1 = lookup(rows, regime, "batcher", 1)
     bare_1 = lookup(rows, regime, "bare", 1)
-    if batcher_1 is not None and bare_1 is not None:
+    for kind in ("batcher", "batcher_timer"):
+        batcher_1 = lookup(rows, regime, kind, 1)
+        if batcher_1 is None or bare_1 is None:
+            continue
         budget = numbers["single_forward_ms"] + bare_1["p50_ms"]
         lines.append(
-            f"- concurrency 1: batcher p50 {batcher_1['p50_ms']:.2f} ms vs single forward + bare "
-            f"round trip {budget:.2f} ms (excess {batcher_1['p50_ms'] - budget:+.2f} ms)"
+            f"- concurrency 1: {kind} p50 {batcher_1['p50_ms']:.2f} ms vs single forward + "
+            f"bare round trip {budget:.2f} ms (excess {batcher_1['p50_ms'] - budget:+.2f} ms)"
         )
+
+    timer_64 = lookup(rows, regime, "batcher_timer", 64)
+    if batcher_64 is not None and timer_64 is not None:
+        ratio = batcher_64["items_per_s"] / timer_64["items_per_s"]
+        lines.append(f"- batcher / batcher_timer items/s at concurrency 64: {ratio:.2f}")
     return lines
 
 

@@ -28,11 +28,18 @@ import matplotlib.pyplot as plt
 from batching import REGIMES, quantile_from_buckets
 
 HERE = Path(__file__).resolve().parent
-COLORS = {"bare": "#999999", "direct": "#d62728", "batcher": "#1f77b4", "mosec": "#2ca02c"}
+COLORS = {
+    "bare": "#999999",
+    "direct": "#d62728",
+    "batcher": "#1f77b4",
+    "batcher_timer": "#9467bd",
+    "mosec": "#2ca02c",
+}
 LABELS = {
     "bare": "bare server, no model",
     "direct": "one forward per request",
-    "batcher": "mlmiddleware Batcher",
+    "batcher": "mlmiddleware Batcher (dispatch when idle)",
+    "batcher_timer": "mlmiddleware Batcher (10 ms timer)",
     "mosec": "mosec",
 }
 # No creation date in the SVG, and fixed element ids, so a redraw of the same data is identical.

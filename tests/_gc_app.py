@@ -1,6 +1,8 @@
 """An instrumented app whose own startup allocates objects, for the heap-freezing tests.
 
-``FREEZE_GC=0`` in the environment turns ``freeze_gc`` off.
+``FREEZE_GC=0`` in the environment turns ``freeze_gc`` off, and ``STARTUP_OBJECTS`` sets how
+many objects the startup allocates. Import it only in the server process: ``instrument()``
+configures logging for the whole process.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from starlette.routing import Route
 
 from mlmiddleware import instrument
 
-STARTUP_OBJECTS = 50_000
+STARTUP_OBJECTS = int(os.environ["STARTUP_OBJECTS"])
 
 # Filled by the app's own startup, as a model loader would be.
 model: list[list[int]] = []

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests._gc_app import STARTUP_OBJECTS
 from tests.support import ServerProcess
+
+STARTUP_OBJECTS = 50_000
 
 
 def serve(freeze: bool) -> ServerProcess:
-    env = {"FREEZE_GC": "1" if freeze else "0"}
+    env = {"FREEZE_GC": "1" if freeze else "0", "STARTUP_OBJECTS": str(STARTUP_OBJECTS)}
     return ServerProcess("tests._gc_app:app", env=env).start()
 
 

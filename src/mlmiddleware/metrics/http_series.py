@@ -185,7 +185,9 @@ class HttpCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests, duration, in_progress, request_size, response_size = _empty_families()
-        with_created = metrics._use_created
+        # The private flag behind prometheus-client's disable_created_metrics(). If a later
+        # release drops it, the _created series stay on, as they are by default.
+        with_created = bool(getattr(metrics, "_use_created", True))
 
         # The event loop may add series while a scrape runs in a thread, so take a copy:
         # list() copies the dictionary without giving up the GIL.

@@ -26,7 +26,10 @@ pinned to CPU 1:
 - ``mosec``: its Rust front end with one Python worker process, ``max_batch_size=32``,
   ``max_wait_time=10`` ms, and orjson in both directions.
 
-Rounds interleave the contenders, and each figure is the median over rounds.
+Rounds interleave the contenders, and each figure is the median over rounds. Server CPU
+per item is the user + system time of the server's whole process tree (mosec's worker
+included), read from /proc before and after each load point and divided by every
+response of that point, warmup included.
 
 Concurrency runs from 1 to 256 in powers of two. After the load, the ``batcher`` server's
 ``/metrics`` is scraped and ``batch_inference_duration_seconds`` is kept per batch size
@@ -346,6 +349,7 @@ def run_contender(
 
     Return its rows and, for ``batcher``, its inference histograms by batch size.
     """
+    from _harness import cpu_seconds
     from _load import run_load
 
     regime = REGIMES[regime_key]
@@ -357,9 +361,12 @@ def run_contender(
     try:
         wait_ready(port, request)
         for concurrency in levels:
+            # The whole process tree, so that mosec's worker process counts too.
+            cpu_before = cpu_seconds(process.pid, tree=True)
             result = asyncio.run(
                 run_load(port, request, concurrency=concurrency, duration_s=duration_s)
             )
+            cpu_used = cpu_seconds(process.pid, tree=True) - cpu_before
             rows.append(
                 {
                     "regime": regime_key,
@@ -368,6 +375,7 @@ def run_contender(
                     "items_per_s": result.rate,
                     "p50_ms": result.percentile_ms(0.5),
                     "p99_ms": result.percentile_ms(0.99),
+                    "cpu_us_per_item": cpu_used * 1e6 / max(result.responses, 1),
                     "errors": result.errors,
                 }
             )
@@ -484,6 +492,7 @@ def median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "items_per_s": statistics.median(row["items_per_s"] for row in group),
                 "p50_ms": statistics.median(row["p50_ms"] for row in group),
                 "p99_ms": statistics.median(row["p99_ms"] for row in group),
+                "cpu_us_per_item": statistics.median(row["cpu_us_per_item"] for row in group),
                 "errors": sum(row["errors"] for row in group),
                 "rounds": len(group),
             }
@@ -511,8 +520,10 @@ def report(rows: list[dict[str, Any]], offline: dict[str, dict[str, float]]) -> 
             f"Offline: single-item forward {numbers['single_forward_ms']:.2f} ms, "
             f"batch-{MAX_BATCH_SIZE} throughput {numbers['batch_items_per_s']:.0f} items/s.\n"
         )
-        lines.append("| contender | concurrency | items/s | p50 ms | p99 ms | errors |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        lines.append(
+            "| contender | concurrency | items/s | p50 ms | p99 ms | server CPU us/item | errors |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
         for contender in CONTENDERS:
             for concurrency in CONCURRENCY:
                 row = lookup(rows, regime_key, contender, concurrency)
@@ -520,7 +531,8 @@ def report(rows: list[dict[str, Any]], offline: dict[str, dict[str, float]]) -> 
                     continue
                 lines.append(
                     f"| {contender} | {concurrency} | {row['items_per_s']:.0f} | "
-                    f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |"
+                    f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['cpu_us_per_item']:.0f} | "
+                    f"{row['errors']} |"
                 )
         lines.extend(summary(rows, regime_key, numbers))
     return "\n".join(lines)

@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "http_overhead": ("http_overhead.py", ["--rounds", "5", "--duration", "5"]),
     "stack_overhead": ("stack_overhead.py", ["--rounds", "5", "--duration", "5"]),
     "batching": ("batching.py", ["--rounds", "3", "--duration", "3"]),
+    "gc_pause": ("gc_pause.py", ["--rounds", "3", "--duration", "5"]),
     "scaling": ("scaling.py", ["--rounds", "3", "--duration", "8"]),
     "memory": ("memory.py", ["--requests", "100000"]),
 }
@@ -40,6 +41,7 @@ QUICK_ARGUMENTS = {
     "http_overhead": ["--quick"],
     "stack_overhead": ["--quick"],
     "batching": ["--quick"],
+    "gc_pause": ["--rounds", "1", "--duration", "2"],
     "scaling": ["--quick"],
     "memory": ["--quick"],
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -36,3 +37,11 @@ def reset_shutdown_state() -> Iterator[None]:
     """Undo ``begin_shutdown()``, which is process-wide, between tests."""
     yield
     _lifecycle._reset_for_tests()
+
+
+@pytest.fixture(autouse=True)
+def unfreeze_heap() -> Iterator[None]:
+    """Undo the ``gc.freeze()`` that an in-process ``instrument()`` startup runs."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()

@@ -69,6 +69,8 @@ def instrument(
     With ``freeze_gc`` the last startup step calls ``gc.freeze()``: the objects that
     exist once the app has started (the model, torch, the libraries) are left out of
     later garbage collections, which otherwise pause every request while they walk them.
+    Reference cycles among frozen objects are never collected, so an app that replaces
+    its startup model at runtime should pass ``freeze_gc=False``.
     """
     _install_json_server_error(app)
     _check_options(

@@ -7,6 +7,7 @@ registry instead of registering them again, which would raise "Duplicated timese
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,7 +60,11 @@ RESPONSE_SIZE_HELP = "Bytes of response body sent, counted from the body message
 
 @dataclass(frozen=True)
 class HttpMetrics:
-    """The metric families that ``PrometheusMiddleware`` updates."""
+    """The HTTP metric families as prometheus-client objects.
+
+    ``PrometheusMiddleware`` updates them in multi-process mode, and on a registry where
+    ``http_metrics()`` created them before the first middleware.
+    """
 
     requests: Counter
     duration: Histogram
@@ -83,11 +88,23 @@ def http_metrics(
 
     ``registry=None`` means ``prometheus_client.REGISTRY``. A registry keeps the buckets
     it was first given, so requesting them again with other buckets raises ``ValueError``.
+    Called before the first ``PrometheusMiddleware`` on the registry, it makes the
+    middleware update these objects. Called after it, it raises ``ValueError``, because
+    the middleware then records into plain counters (see ``docs/metrics.md``).
     """
     target = REGISTRY if registry is None else registry
     duration = check_buckets("buckets", duration_buckets)
     size = check_buckets("size_buckets", size_buckets)
 
+    # Imported here because http_series imports this module.
+    from mlmiddleware.metrics.http_series import local_collector
+
+    if _families.peek(target) is None and local_collector(target) is not None:
+        raise ValueError(
+            f"a PrometheusMiddleware already records the HTTP metrics of registry {target!r} "
+            "in plain counters read at scrape time, so there are no metric objects to return: "
+            "call http_metrics() before creating the middleware, or use another registry"
+        )
     metrics = _families.get(target, lambda registry: _register(registry, duration, size))
 
     check_same_buckets(target, (metrics.duration_buckets, metrics.size_buckets), (duration, size))
@@ -123,10 +140,23 @@ def existing_http_metrics(registry: CollectorRegistry | None) -> HttpMetrics | N
 
 
 def check_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
-    """Return ``buckets`` as floats, or raise ``ValueError`` naming ``name`` and the fix."""
+    """Return the finite bounds of ``buckets`` as floats, or raise ``ValueError``.
+
+    A trailing ``+Inf``, as in prometheus-client's ``Histogram.DEFAULT_BUCKETS``, is
+    dropped, because every histogram gets its ``+Inf`` bucket anyway.
+    """
     bounds = tuple(float(bound) for bound in buckets)
+    if bounds and bounds[-1] == math.inf:
+        bounds = bounds[:-1]
     if not bounds or any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
-        raise ValueError(f"invalid {name}={buckets!r}: give one or more strictly increasing bounds")
+        raise ValueError(
+            f"invalid {name}={buckets!r}: give one or more strictly increasing finite bounds"
+        )
+    if bounds[0] < 0:
+        raise ValueError(
+            f"invalid {name}={buckets!r}: durations and sizes are never negative, so start "
+            "at 0 or above"
+        )
     return bounds
 
 

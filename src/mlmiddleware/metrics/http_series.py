@@ -5,13 +5,14 @@ when it finishes:
 
 - ``LocalRouteSeries``, for a single process: plain integers and floats updated on the
   event loop, turned into metric families by ``HttpCollector`` only when Prometheus
-  scrapes. A request costs about a fifth of what nine updates of prometheus-client's
-  locked values cost, and prometheus-client still writes the exposition.
+  scrapes. prometheus-client still writes the exposition. The nine locked updates of
+  prometheus-client's own objects cost about 5 us per request on the 2-core benchmark
+  machine (``docs/metrics.md``, "Cost").
 - ``ClientRouteSeries``, for multi-process mode: the values must reach the worker files
   in ``PROMETHEUS_MULTIPROC_DIR``, so it updates prometheus-client's own metric children.
 
-``http_series_source`` picks the backend for a registry and shares it between all the
-middleware instances on that registry.
+``http_series_source`` picks the backend for a registry. The series of one registry are
+shared by all the middleware instances on it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "RouteSeries",
     "SeriesSource",
     "http_series_source",
+    "local_collector",
 ]
 
 
@@ -70,7 +72,7 @@ class RouteSeries(Protocol):
 
 
 class SeriesSource(Protocol):
-    """Hands out the series of one registry, one per (method, route) pair."""
+    """Source of the series of one registry, one per (method, route) pair."""
 
     def series(self, method: str, route: str) -> RouteSeries:
         """Return the series of ``(method, route)``, creating it on first use."""
@@ -137,20 +139,19 @@ class LocalRouteSeries:
         sent: int,
         exemplar: dict[str, str] | None,
     ) -> None:
-        # NOTE: these updates rely on the GIL running each ``+=`` without a thread switch,
-        # as CPython builds with a GIL do. On a free-threaded build, event loops running
-        # in several threads could lose counts.
+        # NOTE: no lock: one event loop thread per process is the writer these series are
+        # built for. CPython 3.11 to 3.13 happen to run each ``+=`` below without a thread
+        # switch, but no Python version promises it, and a free-threaded build loses counts.
         self.in_progress -= 1
         counter = self.statuses.get(status)
         if counter is None:
-            self.statuses[status] = [1, time.time()]
-        else:
-            counter[0] += 1
+            counter = self.statuses.setdefault(status, [0, time.time()])
+        counter[0] += 1
 
         index = bisect_left(self.duration_bounds, elapsed)
         self.duration_counts[index] += 1
         self.duration_sum += elapsed
-        if exemplar is not None:
+        if exemplar:
             self.duration_exemplars[index] = Exemplar(exemplar, elapsed, time.time())
 
         self.request_counts[bisect_left(self.size_bounds, received)] += 1
@@ -162,7 +163,7 @@ class LocalRouteSeries:
 
 
 class HttpCollector(Collector):
-    """Builds the HTTP metric families from every ``LocalRouteSeries`` of a registry."""
+    """Collector of the HTTP metric families, built from the ``LocalRouteSeries`` of a registry."""
 
     def __init__(self, duration_bounds: tuple[float, ...], size_bounds: tuple[float, ...]) -> None:
         self.duration_buckets = duration_bounds
@@ -306,11 +307,11 @@ def http_series_source(
     duration_buckets: Sequence[float],
     size_buckets: Sequence[float],
 ) -> SeriesSource:
-    """Return the series source of ``registry``, shared by every middleware on it.
+    """Return the series source of ``registry`` for one middleware.
 
     prometheus-client families back it in multi-process mode, and also when
-    ``http_metrics()`` already registered them on this registry; otherwise an
-    ``HttpCollector`` does.
+    ``http_metrics()`` already registered them on this registry. Otherwise the registry's
+    ``HttpCollector`` does, one per registry.
     """
     duration = check_buckets("buckets", duration_buckets)
     size = check_buckets("size_buckets", size_buckets)
@@ -324,6 +325,11 @@ def http_series_source(
     existing = (collector.duration_buckets, collector.size_buckets)
     check_same_buckets(target, existing, (duration, size))
     return collector
+
+
+def local_collector(registry: CollectorRegistry | None) -> HttpCollector | None:
+    """Return the ``HttpCollector`` registered on ``registry``, if a middleware made one."""
+    return _collectors.peek(registry)
 
 
 def _register(

@@ -200,10 +200,15 @@ def uvicorn_app(kind: str, regime: Regime) -> Any:
 
 
 def serve_uvicorn(kind: str, regime: Regime, port: int) -> None:
+    run_uvicorn(uvicorn_app(kind, regime), port)
+
+
+def run_uvicorn(app: Any, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1 the way every uvicorn contender is served."""
     import uvicorn
 
     uvicorn.run(
-        uvicorn_app(kind, regime),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",

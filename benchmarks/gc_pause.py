@@ -33,10 +33,9 @@ CONCURRENCY = 64
 
 
 def serve(freeze: str, port: int) -> None:
-    import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from batching import REGIMES, make_forward
+    from batching import REGIMES, make_forward, run_uvicorn
     from mlmiddleware import instrument
     from mlmiddleware.batching import Batcher, batching_endpoint
 
@@ -49,15 +48,7 @@ def serve(freeze: str, port: int) -> None:
         access_log=False,
         freeze_gc=freeze == "on",
     )
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    run_uvicorn(app, port)
 
 
 def measure(freeze: str, duration_s: float) -> dict[str, float]:

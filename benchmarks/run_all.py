@@ -2,7 +2,7 @@
 
 Each benchmark runs as its own process, one after another, so no two of them share the
 CPUs. Results go to ``benchmarks/results/<name>.json`` and the plots to ``docs/``. A
-full run takes about 35 minutes on 2 cores, 20 of them for the batching benchmark. With
+full run takes about 45 minutes on 2 cores, 30 of them for the batching benchmark. With
 ``--quick`` every benchmark does a short smoke run (about 7 minutes in all), the results
 go to ``benchmarks/results/<name>-quick.json`` and the plots to
 ``benchmarks/results/plots-quick/``, so the recorded figures stay untouched.

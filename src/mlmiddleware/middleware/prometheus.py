@@ -11,7 +11,7 @@ from mlmiddleware._context import get_request_context
 from mlmiddleware._routes import RouteResolver, route_path
 from mlmiddleware._types import ASGIApp, Message, Receive, Scope, Send
 from mlmiddleware.metrics.http import DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS
-from mlmiddleware.metrics.http_series import RouteSeries, http_series_source
+from mlmiddleware.metrics.http_series import http_series_source
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -70,7 +70,6 @@ class PrometheusMiddleware:
         self.exclude_paths = frozenset(exclude_paths)
         self.exemplars = exemplars
         self.route_resolver = route_resolver if route_resolver is not None else RouteResolver(app)
-        self._series: dict[tuple[str, str], RouteSeries] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,9 +84,7 @@ class PrometheusMiddleware:
         method: str = scope["method"]
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        series = self._series.get((method, route))
-        if series is None:
-            series = self._add_series(method, route)
+        series = self.series_source.series(method, route)
 
         # Everything below runs per request, so it stays in one frame with plain locals.
         status = 0
@@ -148,11 +145,6 @@ class PrometheusMiddleware:
         if route in self.exclude_paths:
             return True
         return route_path(scope) in self.exclude_paths
-
-    def _add_series(self, method: str, route: str) -> RouteSeries:
-        series = self.series_source.series(method, route)
-        self._series[(method, route)] = series
-        return series
 
 
 def _file_size(path: str) -> int:

@@ -24,9 +24,9 @@ class LoadResult:
     completed: int = 0
     errors: int = 0
     latencies_s: list[float] = field(default_factory=list)
-    # Every response, warmup and the tail after the window included: the divisor for the
-    # server CPU time measured over the whole load.
-    responses: int = 0
+    # When each response arrived, warmup and the tail after the window included: every
+    # response the server CPU time measured over the whole load was spent on.
+    finished_s: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -80,7 +80,7 @@ async def _connection(
             writer.write(request)
             status = await read_response(reader)
             finished = time.perf_counter()
-            result.responses += 1
+            result.finished_s.append(finished)
             if finished < measure_from or finished > stop_at:
                 continue
             if status == 200:

@@ -148,7 +148,7 @@ def _device_forward(fixed_ms: float, per_item_ms: float) -> Any:
     return forward
 
 
-def uvicorn_app(kind: str, regime: Regime) -> Any:
+def uvicorn_app(kind: str, regime: Regime, *, freeze_gc: bool = True) -> Any:
     import anyio.to_thread
     import orjson
     from prometheus_client import CollectorRegistry
@@ -172,6 +172,7 @@ def uvicorn_app(kind: str, regime: Regime) -> Any:
             registry=CollectorRegistry(),
             json_logs=False,
             access_log=False,
+            freeze_gc=freeze_gc,
         )
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -380,7 +381,7 @@ def run_contender(
                     "items_per_s": result.rate,
                     "p50_ms": result.percentile_ms(0.5),
                     "p99_ms": result.percentile_ms(0.99),
-                    "cpu_us_per_item": cpu_used * 1e6 / max(result.responses, 1),
+                    "cpu_us_per_item": cpu_used * 1e6 / max(len(result.finished_s), 1),
                     "errors": result.errors,
                 }
             )

@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,9 @@ CONCURRENCY = 64
 
 
 def serve(freeze: str, port: int) -> None:
-    from prometheus_client import CollectorRegistry
+    from batching import REGIMES, run_uvicorn, uvicorn_app
 
-    from batching import REGIMES, make_forward, run_uvicorn
-    from mlmiddleware import instrument
-    from mlmiddleware.batching import Batcher, batching_endpoint
-
-    batcher = Batcher(make_forward(REGIMES["device"]), max_batch_size=32, name="device")
-    app = instrument(
-        batching_endpoint(batcher),
-        batchers=[batcher],
-        registry=CollectorRegistry(),
-        json_logs=False,
-        access_log=False,
-        freeze_gc=freeze == "on",
-    )
-    run_uvicorn(app, port)
+    run_uvicorn(uvicorn_app("batcher", REGIMES["device"], freeze_gc=freeze == "on"), port)
 
 
 def measure(freeze: str, duration_s: float) -> dict[str, float]:
@@ -63,15 +49,6 @@ def measure(freeze: str, duration_s: float) -> dict[str, float]:
     process = subprocess.Popen(
         command, preexec_fn=batching.pin_to_server_cpus, env=env, start_new_session=True
     )
-    finished: list[float] = []
-    read_response = _load.read_response
-
-    async def timed_read(reader: asyncio.StreamReader) -> int:
-        status = await read_response(reader)
-        finished.append(time.perf_counter())
-        return status
-
-    _load.read_response = timed_read
     try:
         _, request = batching.request_bytes("batcher", batching.REGIMES["device"])
         batching.wait_ready(port, request)
@@ -79,9 +56,9 @@ def measure(freeze: str, duration_s: float) -> dict[str, float]:
             _load.run_load(port, request, concurrency=CONCURRENCY, duration_s=duration_s)
         )
     finally:
-        _load.read_response = read_response
         batching.stop_server(process)
 
+    finished = sorted(result.finished_s)
     gaps = [later - earlier for earlier, later in itertools.pairwise(finished)]
     return {
         "items_per_s": result.rate,

@@ -57,10 +57,12 @@ def scrape(registry: CollectorRegistry) -> Samples:
 
 @pytest.fixture
 def pair() -> Iterator[tuple[CollectorRegistry, CollectorRegistry]]:
-    """A registry served by the collector and one served by prometheus-client's metrics."""
+    """The same requests recorded by the collector and by prometheus-client's metrics."""
     local = CollectorRegistry()
     client = CollectorRegistry()
     http_metrics(client)
+    record_all(source_of(local))
+    record_all(source_of(client))
     yield local, client
 
 
@@ -140,8 +142,6 @@ def test_collector_scrape_matches_prometheus_client(
     pair: tuple[CollectorRegistry, CollectorRegistry],
 ) -> None:
     local, client = pair
-    record_all(source_of(local))
-    record_all(source_of(client))
 
     local_samples = scrape(local)
     client_samples = scrape(client)
@@ -154,8 +154,6 @@ def test_collector_families_match_prometheus_client(
     pair: tuple[CollectorRegistry, CollectorRegistry],
 ) -> None:
     local, client = pair
-    record_all(source_of(local))
-    record_all(source_of(client))
 
     local_text = generate_latest(local).decode()
     client_text = generate_latest(client).decode()
@@ -169,7 +167,6 @@ def test_collector_exemplar_in_openmetrics(
     pair: tuple[CollectorRegistry, CollectorRegistry],
 ) -> None:
     local, _ = pair
-    record_all(source_of(local))
 
     text = generate_openmetrics(local).decode()  # type: ignore[no-untyped-call]
 
